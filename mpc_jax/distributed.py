@@ -1,0 +1,111 @@
+"""Process group, mesh, global batches and preemption for training.
+
+One mesh axis, `data`: the global batch is split along it and everything else is replicated.
+Each process feeds its own slice of the global batch; `global_batch` assembles the global array
+with `jax.make_array_from_process_local_data`, so the same code runs on one device, on several
+local devices, and on several hosts.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+
+
+def maybe_initialize(cfg) -> None:
+  """`jax.distributed.initialize` from `cfg` (a `ConfigDict` with `enabled`, `coordinator_address`,
+  `num_processes`, `process_id`, `local_device_ids`); a no-op when not enabled or already done.
+
+  Empty / negative fields are left to JAX's auto-detection (SLURM, TPU pods, ...).
+  """
+  if cfg is None or not cfg.get("enabled", False):
+    return
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if cfg.get("coordinator_address"):
+    kwargs["coordinator_address"] = cfg.coordinator_address
+  if cfg.get("num_processes", -1) >= 0:
+    kwargs["num_processes"] = cfg.num_processes
+  if cfg.get("process_id", -1) >= 0:
+    kwargs["process_id"] = cfg.process_id
+  if cfg.get("local_device_ids"):
+    kwargs["local_device_ids"] = [int(i) for i in str(cfg.local_device_ids).split(",")]
+  logging.info("jax.distributed.initialize(%s)", kwargs)
+  jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
+  """A 1-axis mesh `('data',)` over `num_devices` devices (all of them when -1)."""
+  n = jax.device_count() if num_devices in (-1, None, 0) else num_devices
+  return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, jax.P())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, jax.P("data"))
+
+
+def local_batch_size(global_batch_size: int, mesh) -> int:
+  """Rows each process feeds. The global batch must split evenly over devices and processes."""
+  n = mesh.devices.size
+  if global_batch_size % n:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {n} devices")
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local: dict, mesh) -> dict:
+  """Process-local numpy arrays (leading axis = this process's rows) -> global `jax.Array`s
+  sharded along `data`. Non-array leaves (names, sizes) are dropped."""
+  sharding = batch_sharding(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  out = {}
+  for name, value in local.items():
+    if isinstance(value, (list, tuple)):
+      out[name] = [put(v) for v in value]
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+      out[name] = put(value)
+  return out
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (and SIGINT when asked) into a flag the loop polls between steps.
+
+  `should_stop(step)` is collective when there are several processes: every process gets the
+  same answer (any process signalled -> all stop), so they all save the same step and exit.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self._flag = threading.Event()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: will save a checkpoint and stop", signum)
+    self._flag.set()
+
+  def should_stop(self) -> bool:
+    flag = self._flag.is_set()
+    if jax.process_count() > 1:
+      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}

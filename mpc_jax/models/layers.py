@@ -1,0 +1,208 @@
+"""Small building blocks with PyTorch semantics, in NHWC.
+
+Every stateful layer keeps the attribute names of its PyTorch twin (`kernel`/`bias` for convs,
+`scale`/`bias`/`mean`/`var` for norms), and sequences are `nnx.List`s whose indices match the
+reference's `nn.Sequential` indices (stateless entries hold the place of ReLU/Upsample), so
+`mpc_jax.convert` maps state-dict keys to parameter paths without a hand-written table.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class BatchCount(nnx.Variable):
+  """PyTorch's `num_batches_tracked`: not learned, kept so an export round-trips bit-exactly."""
+
+
+class Init:
+  """Where parameters come from: a host-side numpy generator (no device compiles at build time)
+  and the `nnx.Rngs` that drop path draws its masks from (stream `droppath`)."""
+
+  def __init__(self, seed: int = 0):
+    self.np = np.random.default_rng(seed)
+    self.rngs = nnx.Rngs(params=seed, droppath=seed + 1)
+
+  def normal(self, shape, std):
+    return jnp.asarray(self.np.normal(0.0, std, shape).astype(np.float32))
+
+  def trunc_normal(self, shape, std):
+    return jnp.asarray((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
+
+
+class Conv(nnx.Module):
+  """2D convolution `[B, H, W, cin] -> [B, H', W', cout]` with PyTorch's padding arithmetic.
+
+  `kernel` is `[kh, kw, cin / groups, cout]` (float32); compute runs in `dtype`.
+  """
+
+  def __init__(self, cin, cout, k, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
+    fan_out = k * k * cout // groups
+    self.kernel = nnx.Param(init.normal((k, k, cin // groups, cout), math.sqrt(2.0 / fan_out)))
+    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if bias else None
+    self.stride, self.padding, self.groups, self.dtype = stride, padding, groups, dtype
+
+  def __call__(self, x):
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride),
+        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def conv(cin, cout, kernel, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
+  """Shorthand for `Conv` with PyTorch's positional order."""
+  return Conv(cin, cout, kernel, init=init, stride=stride, padding=padding, groups=groups, bias=bias, dtype=dtype)
+
+
+class Linear(nnx.Module):
+  """`[..., cin] -> [..., cout]`; `kernel` is `[cin, cout]` (truncated normal, std 0.02)."""
+
+  def __init__(self, cin, cout, *, init, dtype=jnp.float32):
+    self.kernel = nnx.Param(init.trunc_normal((cin, cout), 0.02))
+    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x):
+    return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm over `[..., C]` exactly as `torch.nn.BatchNorm2d`.
+
+  Training mode normalises with the (global) batch's biased variance and updates the running
+  statistics with the unbiased one, `running = (1 - momentum) * running + momentum * batch`
+  (`momentum` in PyTorch's convention). Eval mode uses the running statistics.
+  """
+
+  def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.num_batches_tracked = BatchCount(jnp.zeros((), jnp.int32))
+    self.eps = eps
+    self.momentum = momentum
+    self.use_running_average = False
+
+  def __call__(self, x):
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      n = math.prod(x.shape[:-1])
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+      self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+      self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    return y.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis, as `torch.nn.LayerNorm` (computed in float32)."""
+
+  def __init__(self, num_features: int, *, eps: float = 1e-6):
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, -1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class Act(nnx.Module):
+  """A stateless activation ('relu' or 'gelu', exact erf GELU as PyTorch's default)."""
+
+  def __init__(self, kind: str = "relu"):
+    self.kind = kind
+
+  def __call__(self, x):
+    if self.kind == "relu":
+      return jax.nn.relu(x)
+    return jax.nn.gelu(x, approximate=False)
+
+
+class Identity(nnx.Module):
+  """Holds the place of a `None` or `nn.Identity` entry of the reference."""
+
+  def __call__(self, x):
+    return x
+
+
+class UpsampleNearest(nnx.Module):
+  """`nn.Upsample(scale_factor=s, mode='nearest')`: `[B, H, W, C] -> [B, sH, sW, C]`."""
+
+  def __init__(self, scale: int):
+    self.scale = scale
+
+  def __call__(self, x):
+    return jnp.repeat(jnp.repeat(x, self.scale, axis=1), self.scale, axis=2)
+
+
+def run_sequence(layers, x):
+  """Applies the entries of an `nnx.List` in order (a PyTorch `nn.Sequential`)."""
+  for layer in layers:
+    x = layer(x)
+  return x
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth per sample: `x / keep * floor(keep + U[0, 1))`, as timm's `drop_path`.
+
+  Active when `deterministic` is False (`model.train()`); its randomness comes from the
+  `droppath` stream of the shared `nnx.Rngs`, so two passes of one batch draw different masks.
+  """
+
+  def __init__(self, rate: float, rngs: nnx.Rngs):
+    self.rate = float(rate)
+    self.rngs = rngs
+    self.deterministic = False
+
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    u = jax.random.uniform(self.rngs.droppath(), (x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32)
+    return (x / keep) * jnp.floor(keep + u).astype(x.dtype)
+
+
+def _align_corners_weights(n_in: int, n_out: int):
+  """Source indices and weights of a 1-D linear resize with `align_corners=True`."""
+  if n_out == 1 or n_in == 1:
+    src = np.zeros((n_out,), np.float64)
+  else:
+    src = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
+  lo = np.clip(np.floor(src).astype(np.int32), 0, n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  w = (src - lo).astype(np.float32)
+  return lo, hi, w
+
+
+def resize_bilinear_align_corners(x, out_hw):
+  """`F.interpolate(x, size, mode='bilinear', align_corners=True)` for `[B, H, W, C]` arrays."""
+  h, w = x.shape[1], x.shape[2]
+  oh, ow = int(out_hw[0]), int(out_hw[1])
+  if (h, w) == (oh, ow):
+    return x
+  lo, hi, wt = _align_corners_weights(h, oh)
+  wt = jnp.asarray(wt, x.dtype)[None, :, None, None]
+  x = x[:, lo] * (1 - wt) + x[:, hi] * wt
+  lo, hi, wt = _align_corners_weights(w, ow)
+  wt = jnp.asarray(wt, x.dtype)[None, None, :, None]
+  return x[:, :, lo] * (1 - wt) + x[:, :, hi] * wt

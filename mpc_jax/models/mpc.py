@@ -1,0 +1,57 @@
+"""The MPC model: HRFormer backbone + localization head on the fused multi-scale map."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mpc_jax.models.head import LocalizationHead
+from mpc_jax.models.hrformer import HRFormer
+from mpc_jax.models.layers import Init, resize_bilinear_align_corners
+
+
+def fuse(features):
+  """Four maps `[B, h_s, w_s, 256]` -> `[B, h_0, w_0, 1024]` (bilinear, align_corners=True)."""
+  size = features[0].shape[1:3]
+  return jnp.concatenate([resize_bilinear_align_corners(f, size) for f in features], axis=-1)
+
+
+class MPC(nnx.Module):
+  """`features(images)` gives the backbone's four maps; `__call__(images)` the 1/4-res logits.
+
+  `images`: float32 `[B, H, W, 3]`, RGB in [0, 1] (no mean/std), any H and W.
+  """
+
+  def __init__(self, hrformer_config=None, head: str = "catnet", *, init: Init,
+               dtype=jnp.float32, drop_path_rate=None):
+    self.backbone = HRFormer(hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate)
+    self.head = LocalizationHead(head, init=init, dtype=dtype)
+
+  def features(self, images):
+    """`[B, H, W, 3] -> [4 x [B, h_s, w_s, 256]]`, before L2 normalisation."""
+    return self.backbone(images)
+
+  def fuse(self, features):
+    return fuse(features)
+
+  def __call__(self, images):
+    """`[B, H, W, 3] -> [B, h_0, w_0, 1]` logits (float32)."""
+    return self.head(fuse(self.features(images)))
+
+
+def build_mpc(hrformer_config="hrt_base", head: str = "catnet", *, dtype=jnp.float32, seed: int = 0,
+              drop_path_rate=None) -> MPC:
+  """A randomly initialised MPC model (train mode). `dtype` is the compute dtype; params stay f32.
+
+  `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
+  `hrt_base_win15`) or a yacs-layout dict. Drop path draws from the `droppath` RNG stream.
+  """
+  if isinstance(dtype, str):
+    if dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    dtype = jnp.dtype(dtype)
+  return MPC(hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate)
+
+
+def count_params(model) -> int:
+  """Number of learned parameters (`nnx.Param` entries; buffers and BN statistics excluded)."""
+  return sum(int(x.size) for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
