@@ -20,7 +20,7 @@ from mpc_jax.models import build_mpc
 from mpc_jax.models.layers import BatchCount
 
 FORMAT = "mpc-jax-model/1"
-_SAVED = (nnx.Param, nnx.BatchStat, BatchCount)
+_SAVED = nnx.Any(nnx.Param, nnx.BatchStat, BatchCount)
 
 
 def model_config(model) -> dict:
@@ -34,7 +34,7 @@ def save_model(model, path) -> pathlib.Path:
   if tmp.exists():
     shutil.rmtree(tmp)
   tmp.mkdir(parents=True)
-  arrays = nnx.to_pure_dict(nnx.state(model, *_SAVED))
+  arrays = nnx.to_pure_dict(nnx.state(model, _SAVED))
   arrays = jax.tree.map(np.asarray, arrays)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp / "state", arrays)
@@ -68,10 +68,10 @@ def load_model(path, *, dtype="float32"):
   if cfg.get("format") != FORMAT:
     raise ValueError(f"{mdir}/model_config.json: unknown format {cfg.get('format')!r}")
   model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype)
-  target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, *_SAVED)))
+  target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(mdir / "state", target)
-  state = nnx.state(model, *_SAVED)
+  state = nnx.state(model, _SAVED)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, restored))
   nnx.update(model, state)
   model.eval()

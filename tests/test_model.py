@@ -1,0 +1,139 @@
+"""The HRFormer/MPC model: reference parity, odd sizes, drop path, precision, checkpoints."""
+import copy
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mpc_jax.checkpoint import load_model, save_model
+from mpc_jax.convert import from_torch_state_dict
+from mpc_jax.models import HRFORMER_CONFIGS, build_mpc, count_params, get_hrformer_config, output_size
+
+# A very small config on the same code path: 3 windows of 5 so odd sizes need padding.
+MICRO = copy.deepcopy(HRFORMER_CONFIGS["hrt_tiny"])
+MICRO["STAGE1"]["NUM_CHANNELS"] = [8]
+for _name, _n in (("STAGE2", 2), ("STAGE3", 3), ("STAGE4", 4)):
+  MICRO[_name]["NUM_CHANNELS"] = [8, 16, 32, 64][:_n]
+  MICRO[_name]["NUM_WINDOW_SIZES"] = [5] * _n
+  MICRO[_name]["NUM_MODULES"] = 1
+
+
+def rel_err(got, ref):
+  return float(np.linalg.norm(np.asarray(got, np.float64) - ref) / np.linalg.norm(ref))
+
+
+@nnx.jit
+def _forward(model, images):
+  return model.features(images), model(images)
+
+
+def load_parity_fixture(fixtures_dir):
+  data = np.load(fixtures_dir / "parity_tiny.npz")
+  meta = json.loads((fixtures_dir / "parity_tiny.json").read_text())
+  sd = {k[len("state_dict/"):]: data[k] for k in data.files if k.startswith("state_dict/")}
+  return data, meta, sd
+
+
+def test_parity_with_reference_fixture(fixtures_dir):
+  data, meta, sd = load_parity_fixture(fixtures_dir)
+  model = from_torch_state_dict(sd, meta["hrformer_config"])
+  assert count_params(model) == meta["params"]
+  images = jnp.asarray(data["input_nchw"].transpose(0, 2, 3, 1))
+  feats, logits = _forward(model, images)
+  for s in range(4):
+    ref = data[f"scale{s}_nchw"].transpose(0, 2, 3, 1)
+    assert feats[s].shape == ref.shape
+    assert rel_err(feats[s], ref) < 1e-4, f"scale {s}"
+  ref = data["logits_nchw"].transpose(0, 2, 3, 1)
+  assert logits.shape == ref.shape
+  assert rel_err(logits, ref) < 1e-4
+
+
+@pytest.mark.parametrize("hw", [(45, 71), (64, 33)])
+def test_any_input_size(hw):
+  model = build_mpc(MICRO, seed=1)
+  model.eval()
+  images = jax.random.uniform(jax.random.key(0), (1, *hw, 3))
+  feats, logits = _forward(model, images)
+  for s in range(4):
+    assert feats[s].shape == (1, *output_size(*hw, s), 256)
+  assert logits.shape == (1, *output_size(*hw, 0), 1)
+  assert all(bool(jnp.isfinite(f).all()) for f in feats)
+
+
+def test_drop_path_views_differ_in_train_mode_only():
+  model = build_mpc(MICRO, seed=0)
+  images = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
+
+  @nnx.jit
+  def two_views(model, images):
+    return model.features(images)[0], model.features(images)[0]
+
+  model.train()
+  a, b = two_views(model, images)
+  assert float(jnp.abs(a - b).max()) > 1e-3, "two stochastic passes must differ"
+  a2, _ = two_views(model, images)
+  assert float(jnp.abs(a2 - a).max()) > 1e-3, "the RNG stream advances between calls"
+  model.eval()
+  a, b = two_views(model, images)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  no_drop = build_mpc(MICRO, seed=0, drop_path_rate=0.0)
+  no_drop.train()
+  a, b = two_views(no_drop, images)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  f32 = build_mpc(MICRO, seed=3)
+  bf16 = build_mpc(MICRO, seed=3, dtype="bfloat16")
+  for leaf in jax.tree.leaves(nnx.state(bf16, nnx.Param)):
+    assert leaf.dtype == jnp.float32
+  f32.eval()
+  bf16.eval()
+  images = jax.random.uniform(jax.random.key(2), (1, 48, 48, 3))
+  (fa, la), (fb, lb) = _forward(f32, images), _forward(bf16, images)
+  assert fb[0].dtype == jnp.bfloat16 and lb.dtype == jnp.float32
+  assert rel_err(fb[0].astype(jnp.float32), np.asarray(fa[0], np.float64)) < 0.05
+
+
+def test_save_and_load_model_gives_identical_outputs(tmp_path):
+  model = build_mpc(MICRO, head="casiav2", seed=5)
+  model.eval()
+  save_model(model, tmp_path / "m")
+  save_model(model, tmp_path / "m")  # overwriting an existing model works
+  restored = load_model(tmp_path / "m")
+  assert restored.head.variant == "casiav2"
+  images = jax.random.uniform(jax.random.key(4), (1, 40, 48, 3))
+  np.testing.assert_array_equal(np.asarray(_forward(model, images)[1]), np.asarray(_forward(restored, images)[1]))
+
+
+def test_load_model_from_workdir_prefers_best(tmp_path):
+  save_model(build_mpc(MICRO, head="catnet", seed=0), tmp_path / "model_latest")
+  save_model(build_mpc(MICRO, head="casiav2", seed=0), tmp_path / "model_best")
+  assert load_model(tmp_path).head.variant == "casiav2"
+  with pytest.raises(FileNotFoundError, match="no mpc-jax model"):
+    load_model(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (("STAGE2", "NUM_HEADS"), [3, 2], "not divisible"),
+    (("STAGE3", "NUM_CHANNELS"), [8, 16], "NUM_CHANNELS has 2 entries"),
+    (("STAGE4", "BLOCK"), "BASIC", "STAGE4.BLOCK"),
+    (("DROP_PATH_RATE",), 1.5, "DROP_PATH_RATE"),
+])
+def test_bad_config_names_the_field(field, value, message):
+  cfg = copy.deepcopy(MICRO)
+  target = cfg
+  for key in field[:-1]:
+    target = target[key]
+  target[field[-1]] = value
+  with pytest.raises(ValueError, match=message):
+    get_hrformer_config(cfg)
+  with pytest.raises(ValueError, match="unknown hrformer_config"):
+    get_hrformer_config("hrt_huge")
+  with pytest.raises(ValueError, match="dtype"):
+    build_mpc(MICRO, dtype="float16")
