@@ -28,6 +28,7 @@ setup(
         "tensorboard>=2.16",
         "matplotlib>=3.8",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources>=6.0",  # tfds builds without TensorFlow need it
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4"],

@@ -1,0 +1,19 @@
+"""Data: decoding (`io`), random-access sources (`sources`), grain transforms and pipelines
+(`transforms`, `pipeline`) and synthetic forgeries (`synthetic`).
+
+Submodules load lazily (`mpc_jax.data.pipeline` pulls in grain/jax; `io` and `synthetic` do not).
+Main entry points:
+  io.read_image(path) -> uint8 [H, W, 3];  io.read_mask(path, expected_hw=None) -> uint8 [H, W] {0,1}
+  sources.source_from_spec(spec, on_bad_example='raise') -> source ({'image', 'mask', 'path'} records)
+  pipeline.default_data_config(); pipeline.make_train_iterator(...); pipeline.make_eval_iterator(...)
+  synthetic.generate_example / SyntheticSource / write_dataset / cli_main
+"""
+import importlib
+
+_SUBMODULES = ("io", "sources", "transforms", "pipeline", "synthetic")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Forensic images can be large (NIST, IMD2020); keep Pillow's bomb check but at a generous limit.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 16384 * 16384)
 
-__all__ = ["BadExampleError", "read_image", "read_mask", "image_size", "check_file_complete"]
+__all__ = ["BadExampleError", "read_image", "read_mask", "image_size", "check_file_complete", "decode_image_bytes",
+           "decode_mask_bytes"]
 
 
 class BadExampleError(ValueError):
@@ -252,3 +253,55 @@ def image_size(path) -> tuple[int, int]:
     if orient in (5, 6, 7, 8):
         h, w = w, h
     return int(h), int(w)
+
+
+def _decode_bytes(data: bytes, name: str) -> np.ndarray:
+    import io as _io
+
+    if not data:
+        raise BadExampleError(name, "empty file")
+    head = data[:26]
+    deep = (head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26 and head[24] == 16 and head[25] in (2, 6))
+    if not deep:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = Image.open(_io.BytesIO(data))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16") or img.mode in ("I", "F", "1"):
+                return np.asarray(img) if img.mode != "1" else np.asarray(img, dtype=bool)
+            return _pil_to_array(img, name)
+        except UnidentifiedImageError:
+            pass
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise BadExampleError(name, f"corrupt or truncated image ({e})") from None
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise BadExampleError(name, "not a readable image")
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        arr = np.ascontiguousarray(arr[..., [2, 1, 0]])
+    return arr
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """`read_image` for an encoded file held in memory (e.g. a TFDS record): uint8 [H, W, 3]."""
+    arr = _decode_bytes(data, name)
+    if arr.dtype != np.uint8:
+        arr = _to_uint8(arr)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise BadExampleError(name, f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def decode_mask_bytes(data: bytes, name: str = "<bytes>", expected_hw=None) -> np.ndarray:
+    """`read_mask` for an encoded file held in memory: uint8 [H, W] in {0, 1}."""
+    mask = binarize_mask(_decode_bytes(data, name))
+    if expected_hw is not None and tuple(mask.shape[:2]) != tuple(int(v) for v in expected_hw[:2]):
+        raise BadExampleError(name, f"mask size {mask.shape[0]}x{mask.shape[1]} differs from its image's "
+                              f"{int(expected_hw[0])}x{int(expected_hw[1])} (HxW)")
+    return np.ascontiguousarray(mask)

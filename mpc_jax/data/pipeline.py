@@ -19,7 +19,8 @@ The iterator is a `grain.DatasetIterator`: `it.get_state()` / `it.set_state(stat
                      anything `sources.source_from_spec` reads; the spec 'synthetic' takes its settings from
                      `synthetic`. Weights are repeat factors (reference: tampCOCO x1, CASIAv2 x40, IMD x20).
   mixture            'repeat' (default: concatenation with repeats, reference semantics) or 'sample'
-                     (grain `MapDataset.mix`: each draw picks source i with probability weight_i / sum).
+                     (an endless stream, each draw picks source i with probability weight_i / sum; faster
+                     than `grain.MapDataset.mix` over repeated datasets, which costs ~40 ms a draw here).
   val_sources        list of specs for validation (used by the trainer via `make_eval_iterator`).
   input_size         S, model input side (512).           gt_ratio   S / mask side (4).
   augment            the reference augmentation chain (True); False = only resize (demo).
@@ -42,7 +43,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from mpc_jax.data.sources import MixtureSource, source_from_spec
+from mpc_jax.data.sources import MixtureSource, WeightedSampleSource, source_from_spec
 from mpc_jax.data.transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
@@ -227,12 +228,8 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
         log.info("train mixture: %s -> %d examples/epoch, process %d/%d reads %d",
                  ", ".join(f"{sp} x{w:g} ({len(s)})" for sp, w, s in built), len(mix), pi, pc, len(ds))
     else:
-        parts, weights = [], []
-        for k, (_, w, s) in enumerate(built):
-            if w > 0:
-                parts.append(grain.MapDataset.source(s).shuffle(seed=shuffle_seed + 7919 * k).repeat())
-                weights.append(w)
-        ds = grain.MapDataset.mix(parts, weights)[pi::pc]
+        sampler = WeightedSampleSource([s for _, _, s in built], [w for _, w, _ in built], seed=shuffle_seed)
+        ds = grain.MapDataset.source(sampler)[pi::pc]
         if num_epochs is not None:
             log.warning("config.data.num_epochs is ignored with mixture='sample' (infinite stream)")
     transform = TrainTransform(int(_get(cfg, "input_size", 512)), int(_get(cfg, "gt_ratio", 4)),
@@ -246,9 +243,18 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
                         batch_fn=train_batch_fn)
     nw = int(_get(cfg, "num_workers", 0))
     if nw > 0:
+        _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=nw, per_worker_buffer_size=int(_get(cfg, "per_worker_buffer_size", 2))))
     return it_ds
+
+
+def _ensure_absl_flags_parsed():
+    """grain's worker processes read absl flags; outside an absl app they are not parsed yet."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class _SkipNone(grain.transforms.RandomMap):

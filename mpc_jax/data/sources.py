@@ -38,7 +38,7 @@ from mpc_jax.data.io import BadExampleError, binarize_mask, check_file_complete,
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "source_from_spec", "pairs_from_folder",
+    "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "WeightedSampleSource", "source_from_spec", "pairs_from_folder",
     "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE",
 ]
 
@@ -340,8 +340,10 @@ def pairs_from_list(path) -> list[tuple[str, str | None]]:
 class TfdsSource:
     """Random access over `tfds.data_source(name, split)` (array_record), as our records.
 
-    Features used: `image` ([H, W, 3] or [H, W, 1] uint8), `mask` ([H, W(, 1)], optional: zeros when
-    absent), and a path-like string feature (`path`, `filename` or `image/filename`) when present.
+    Features used: either `image_bytes` / `mask_bytes` (encoded files, as our `data/` builders store them;
+    empty mask bytes = authentic), or decoded `image` ([H, W, 3] or [H, W, 1] uint8) and `mask`
+    ([H, W(, 1)], optional: zeros when absent); and a path-like string feature (`path`, `filename` or
+    `image/filename`) when present.
     Masks are binarised at half their range ({0, 1}-valued masks are kept).
     """
 
@@ -389,6 +391,14 @@ class TfdsSource:
                 break
         path = path or f"tfds:{self.name}:{self.split}[{index}]"
         try:
+            if "image_bytes" in ex:  # our builders keep the original encoded file (forensically exact)
+                from mpc_jax.data.io import decode_image_bytes, decode_mask_bytes
+
+                image = decode_image_bytes(bytes(ex["image_bytes"]), path)
+                mb = ex.get("mask_bytes", b"")
+                mask = (decode_mask_bytes(bytes(mb), path + " (mask)", expected_hw=image.shape[:2]) if len(mb)
+                        else np.zeros(image.shape[:2], np.uint8))
+                return {"image": image, "mask": mask, "path": path}
             image = np.asarray(ex["image"])
             if image.ndim == 2:
                 image = image[:, :, None]
@@ -486,6 +496,39 @@ class MixtureSource:
     @property
     def num_bad(self) -> int:
         return sum(getattr(s, "num_bad", 0) for s in self.sources)
+
+
+class WeightedSampleSource:
+    """An endless stream: draw `i` picks source k with probability `w_k / sum(w)`, then a uniform record.
+
+    Random access and deterministic per index (`default_rng([seed, i])`); `len` is 2**62.
+    """
+
+    LENGTH = 2 ** 62
+
+    def __init__(self, sources: Sequence[Any], weights: Sequence[float], *, seed: int = 0):
+        w = np.asarray([float(x) for x in weights], np.float64)
+        if len(w) != len(sources) or not len(w) or (w < 0).any() or w.sum() <= 0 or not np.isfinite(w).all():
+            raise ValueError(f"need one finite weight >= 0 per source with a positive sum, got {list(weights)}")
+        keep = [k for k in range(len(w)) if w[k] > 0 and len(sources[k]) > 0]
+        if not keep:
+            raise ValueError("every source with a positive weight is empty")
+        self.sources = [sources[k] for k in keep]
+        self.cdf = np.cumsum(w[keep]) / w[keep].sum()
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.LENGTH
+
+    def locate(self, index: int) -> tuple[int, int]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        u, v = rng.random(2)
+        k = min(int(np.searchsorted(self.cdf, u, side="right")), len(self.sources) - 1)
+        return k, int(v * len(self.sources[k]))
+
+    def __getitem__(self, index: int):
+        k, local = self.locate(index)
+        return self.sources[k][local]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -237,7 +237,10 @@ def _colour_match(src: np.ndarray, dst: np.ndarray, m: np.ndarray, strength: flo
 
 def _trace(rng: np.random.Generator, region: np.ndarray, d: float, bg_noise: float) -> np.ndarray:
     """A local processing trace on the pasted content; its loudness falls with difficulty `d`."""
-    t = rng.choice(["noise", "blur", "jpeg", "resample", "denoise"])
+    # easy: mostly noise-level traces (learnable fast); hard: all trace types equally, all faint
+    p = np.array([_lerp(0.35, 0.2, d), _lerp(0.2, 0.2, d), _lerp(0.1, 0.2, d), _lerp(0.05, 0.2, d),
+                  _lerp(0.3, 0.2, d)])
+    t = rng.choice(["noise", "blur", "jpeg", "resample", "denoise"], p=p / p.sum())
     if t == "noise":
         return _add_noise(region, rng, _lerp(12.0, 1.2, d) * rng.uniform(0.8, 1.2))
     if t == "blur":

@@ -16,7 +16,8 @@ then (always) the image is resized to `input_size` (bilinear) and the mask to `i
 
 Albumentations 2.x defaults differ from the 1.x the reference ran; parameters are set to the 1.x
 behaviour where it matters (GaussNoise variance 10..50 on the 0..255 scale, reflect-101 borders,
-GaussianBlur kernel 3..7). ElasticTransform's 1.x extra random affine (`alpha_affine`) no longer exists.
+GaussianBlur kernel 3..7 with
+OpenCV's sigma for those kernels, 0.8..1.4). ElasticTransform's 1.x extra random affine (`alpha_affine`) no longer exists.
 
 Outputs (numpy, per example):
   'image':        float32 [S, S, 3] in [0, 1]   (RGB / 255, no mean/std)
@@ -91,15 +92,36 @@ def _flip(arr, k):
     return np.ascontiguousarray(arr.swapaxes(0, 1))
 
 
+def _import_albumentations():
+    """Import albumentations without its online version check and without pulling in torch (seconds)."""
+    import os
+    import sys
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if "albumentations" in sys.modules or "torch" in sys.modules:
+        import albumentations
+
+        return albumentations
+    blocked = "albumentations.pytorch" not in sys.modules
+    if blocked:
+        sys.modules["albumentations.pytorch"] = None  # its `from .pytorch import *` is ImportError-guarded
+    try:
+        import albumentations
+    finally:
+        if blocked and sys.modules.get("albumentations.pytorch", 0) is None:
+            del sys.modules["albumentations.pytorch"]
+    return albumentations
+
+
 class _Albu:
     """The albumentations members of the reference's last OneOf, built lazily (per process)."""
 
     def __init__(self):
-        import albumentations as A
+        A = _import_albumentations()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.blur = [A.Blur(p=1), A.GaussianBlur(blur_limit=(3, 7), sigma_limit=0, p=1), A.MedianBlur(p=1),
+            self.blur = [A.Blur(p=1), A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.8, 1.4), p=1), A.MedianBlur(p=1),
                          A.MotionBlur(p=1)]
             self.noise_colour = [
                 A.Downscale(scale_range=(0.25, 0.25), p=1),
