@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import json
 import math
@@ -31,7 +30,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -237,7 +236,8 @@ def write_report(results: Sequence[dict], out_dir: str, meta: dict | None = None
         f.write("\n" + markdown_table(results) + "\n\n" + notes + "\n")
         fails = [(r["dataset"], p, why) for r in results if "error" not in r for p, why in r["failures"]]
         if fails:
-            f.write("\n## Failed examples\n\n" + "\n".join(f"- {d}: {why}" for d, _, why in fails[:200]) + "\n")
+            f.write("\n## Failed examples\n\n" + "\n".join(
+                f"- {d}: {why}" if str(p) in str(why) else f"- {d}: {p}: {why}" for d, p, why in fails[:200]) + "\n")
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([k for k, _, _ in COLUMNS] + [k for k, _ in EXTRA_CSV] + ["error"])
@@ -309,8 +309,7 @@ def plot_robustness(results: Sequence[dict], out_dir: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- CLI
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """`mpc-jax eval`: exit 0 on success, 1 when a dataset or run failed, 2 on usage errors."""
-    p = argparse.ArgumentParser(prog="mpc-jax eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="mpc-jax eval", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SPEC",
                    help="test sets: folder (images/ + masks/), list .txt/.csv/.npy/.json, tfds:NAME[:SPLIT]; NAME=SPEC to name one")
