@@ -95,7 +95,8 @@ def build_model(config):
 
   m = config.model
   dpr = m.get("drop_path_rate", None)
-  model = build_mpc(m.hrformer, m.head, dtype=m.get("dtype", "float32"), seed=int(config.seed),
+  hrformer = json.loads(m.hrformer_json) if m.get("hrformer_json", "") else m.hrformer
+  model = build_mpc(hrformer, m.head, dtype=m.get("dtype", "float32"), seed=int(config.seed),
                     drop_path_rate=None if dpr is None or dpr < 0 else float(dpr))
   return model
 
@@ -119,7 +120,7 @@ def load_matching(model, path: str, skip: str = "") -> dict:
     elif src_flat[name][...].shape != var[...].shape:
       mismatched.append(name)
     else:
-      var[...] = jnp.asarray(src_flat[name][...], var[...].dtype)
+      var.set_value(np.asarray(src_flat[name][...], dtype=np.asarray(var[...]).dtype))
       loaded += 1
   nnx.update(model, dst)
   log.info("loaded %d arrays from %s (%d missing, %d mismatched shape)", loaded, path, len(missing),
@@ -139,7 +140,7 @@ def trainable_pattern(scfg) -> str:
 def make_optimizer(scfg) -> optax.GradientTransformation:
   """AdamW with PyTorch's defaults (weight decay 0.01); the rate is a hyperparameter the host sets."""
   return optax.inject_hyperparams(optax.adamw)(
-      learning_rate=float(scfg.lr), b1=0.9, b2=0.999, eps=1e-8, weight_decay=float(scfg.weight_decay))
+      learning_rate=float(scfg.lr), b1=0.9, b2=0.999, eps=float(scfg.get("adam_eps", 1e-8)), weight_decay=float(scfg.weight_decay))
 
 
 def set_train_modes(model, scfg) -> None:
@@ -191,7 +192,7 @@ def host_copy(tree):
     if _is_key(x):
       return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     if isinstance(x, jax.Array):
-      return jnp.array(x.addressable_data(0))
+      return np.asarray(x.addressable_data(0))
     return x
   return jax.tree.map(get, tree)
 
@@ -231,11 +232,18 @@ def make_stage1_step(parts: Parts, config, mesh):
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(loss_key, state.step)
-    images_b = batch.get("image_view2", batch["image"])
+    views = (batch["image"], batch.get("image_view2", batch["image"]))
 
     def loss_fn(params):
-      fa, rest = feats(params, state.frozen, state.rest, batch["image"])
-      fb, rest = feats(params, state.frozen, rest, images_b)
+      # Two consecutive passes, as the reference: the model state (BatchNorm running statistics,
+      # drop-path RNG) threads from the first into the second. (A 2-step `lax.scan` would compile
+      # one backbone, but on CPU it compiled no faster and ran 7x slower.)
+      def one_view(rest, images):
+        f, rest = feats(params, state.frozen, rest, images)
+        return rest, f
+
+      rest, fa = one_view(state.rest, views[0])
+      rest, fb = one_view(rest, views[1])
       if lcfg.negatives == "global":
         parts_ = multiview_pixel_contrast_sharded(
             fa, fb, batch["mask"], key=key, mesh=mesh, negatives="global",
@@ -365,7 +373,10 @@ def _export(model_from_state, directory: pathlib.Path, name: str):
     return
   from mpc_jax.checkpoint import save_model
 
-  save_model(model_from_state(), directory / name)
+  try:
+    save_model(model_from_state(), directory / name)
+  except Exception:  # noqa: BLE001 - an export failure must not lose the training run
+    log.exception("could not export %s to %s", name, directory)
 
 
 def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) -> dict:
@@ -421,7 +432,8 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
     pending.append(m)
     report(step)
     if step % log_every == 0 or step == num_steps:
-      m = jax.tree.map(lambda *xs: float(np.mean([float(x) for x in xs])), *jax.device_get(pending))
+      m = jax.tree.map(lambda *xs: float(np.mean([float(np.asarray(x.addressable_data(0))) for x in xs])),
+                       *pending)
       pending = []
       dt = time.time() - t_log
       sps = (step - step_log) / max(dt, 1e-9)

@@ -27,8 +27,11 @@ def cli_main(argv) -> int:
   if fv.config is None or not fv.workdir:
     print("mpc-jax train: --config and --workdir are required", file=sys.stderr)
     return 2
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s] %(message)s")
-  for noisy in ("absl", "orbax", "jax._src", "grain"):
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.INFO)
+  logging.getLogger().setLevel(logging.INFO)
+  for noisy in ("orbax", "jax", "grain", "absl"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from mpc_jax import train
 

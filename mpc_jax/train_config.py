@@ -16,6 +16,7 @@ def stage_config(stage: str) -> ml_collections.ConfigDict:
   c.batch_size = 4                  # global batch (the reference: 4 on one GPU)
   c.eval_batch_size = 8             # global, padded
   c.weight_decay = 0.01             # torch.optim.AdamW's default
+  c.adam_eps = 1e-8                 # torch.optim.AdamW's default
   c.log_every = 50
   c.eval_every = 2_000              # the reference validates every 1% of an epoch
   c.checkpoint_every = 1_000
@@ -56,7 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = ("stage1", "stage2")
   c.model = ml_collections.ConfigDict(dict(
-      hrformer="hrt_base", head="catnet", drop_path_rate=-1.0,  # < 0: the preset's rate
+      hrformer="hrt_base", hrformer_json="",  # preset name, or a yacs-layout dict as JSON
+      head="catnet", drop_path_rate=-1.0,  # < 0: the preset's rate
       dtype="float32", remat=False))
   data = default_data_config().to_dict()
   data["val_sources"] = tuple(data.get("val_sources") or ())  # a tuple: overridable on the command line
