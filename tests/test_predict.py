@@ -15,9 +15,10 @@ from flax import nnx
 from mpc_jax import predict as P
 
 # Tiling tolerance (tiny random model, logits scaled to unit std, 192x192 image, tile 128, overlap 64):
-# a windowed-attention model sees different context in a tile, so outputs differ; measured mean |dp| ~0.07,
-# max ~0.34, mask agreement ~0.85. A purely local model must match to 1e-5.
-TILE_MEAN_TOL, TILE_MAX_TOL, TILE_AGREE_MIN = 0.12, 0.5, 0.75
+# a windowed-attention model sees different context in a tile, so outputs differ. With PyTorch's default
+# conv init, measured over images of seeds 3/5/7: mean |dp| 0.120-0.132, max 0.31-0.35, mask agreement
+# 0.74-0.76. A purely local model must match to 1e-5 (test below).
+TILE_MEAN_TOL, TILE_MAX_TOL, TILE_AGREE_MIN = 0.16, 0.5, 0.7
 
 
 class Calibrated(nnx.Module):

@@ -27,8 +27,8 @@ class Init:
     self.np = np.random.default_rng(seed)
     self.rngs = nnx.Rngs(params=seed, droppath=seed + 1)
 
-  def normal(self, shape, std):
-    return jnp.asarray(self.np.normal(0.0, std, shape).astype(np.float32))
+  def uniform(self, shape, bound):
+    return jnp.asarray(self.np.uniform(-bound, bound, shape).astype(np.float32))
 
   def trunc_normal(self, shape, std):
     return jnp.asarray((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
@@ -37,13 +37,14 @@ class Init:
 class Conv(nnx.Module):
   """2D convolution `[B, H, W, cin] -> [B, H', W', cout]` with PyTorch's padding arithmetic.
 
-  `kernel` is `[kh, kw, cin / groups, cout]` (float32); compute runs in `dtype`.
+  `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
+  +-1/sqrt(fan_in), bias too); compute runs in `dtype`.
   """
 
   def __init__(self, cin, cout, k, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
-    fan_out = k * k * cout // groups
-    self.kernel = nnx.Param(init.normal((k, k, cin // groups, cout), math.sqrt(2.0 / fan_out)))
-    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if bias else None
+    bound = 1.0 / math.sqrt(k * k * cin // groups)  # PyTorch's default Conv2d init
+    self.kernel = nnx.Param(init.uniform((k, k, cin // groups, cout), bound))
+    self.bias = nnx.Param(init.uniform((cout,), bound)) if bias else None
     self.stride, self.padding, self.groups, self.dtype = stride, padding, groups, dtype
 
   def __call__(self, x):
