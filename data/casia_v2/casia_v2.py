@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data.common import file_bytes, forgery_info, list_images, png_bytes
+
 log = logging.getLogger(__name__)
 
 _MANUAL = """\
@@ -27,29 +29,6 @@ Place CASIA v2.0 in the manual dir as
 _GT_DIRS = ("Groundtruth", "CASIA 2 Groundtruth", "CASIA2 Groundtruth", "gt", "GT", "masks")
 
 
-def _list_images(d):
-    from mpc_jax.data.sources import IMAGE_EXTENSIONS
-
-    if not os.path.isdir(d):
-        return []
-    return sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-
-
-def _file_bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _png_bytes(mask01: np.ndarray) -> bytes:
-    """Binary mask -> PNG bytes (0/255); b'' when the mask is empty (authentic)."""
-    import cv2
-
-    if not mask01.any():
-        return b""
-    ok, buf = cv2.imencode(".png", (mask01 > 0).astype(np.uint8) * 255)
-    return buf.tobytes()
-
-
 class CasiaV2(tfds.core.GeneratorBasedBuilder):
     """CASIA v2.0 splicing / copy-move dataset with pixel masks."""
 
@@ -58,15 +37,7 @@ class CasiaV2(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "mask_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "path": tfds.features.Text(),
-                "kind": tfds.features.Text(),
-            }),
-            homepage="https://github.com/namtpham/casia2groundtruth",
-        )
+        return forgery_info(self, homepage="https://github.com/namtpham/casia2groundtruth")
 
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
@@ -79,10 +50,10 @@ class CasiaV2(tfds.core.GeneratorBasedBuilder):
         gt_dir = next((os.path.join(root, g) for g in _GT_DIRS if os.path.isdir(os.path.join(root, g))), None)
         if gt_dir is None or not os.path.isdir(os.path.join(root, "Tp")):
             raise FileNotFoundError(f"{root}: expected Tp/ and a ground-truth folder.\n{_MANUAL}")
-        masks = {_mask_key(os.path.splitext(f)[0]): f for f in _list_images(gt_dir)}
-        items = [("tampered", os.path.join("Tp", f), masks.get(os.path.splitext(f)[0])) for f in _list_images(
+        masks = {_mask_key(os.path.splitext(f)[0]): f for f in list_images(gt_dir)}
+        items = [("tampered", os.path.join("Tp", f), masks.get(os.path.splitext(f)[0])) for f in list_images(
             os.path.join(root, "Tp"))]
-        items += [("authentic", os.path.join("Au", f), None) for f in _list_images(os.path.join(root, "Au"))]
+        items += [("authentic", os.path.join("Au", f), None) for f in list_images(os.path.join(root, "Au"))]
         for kind, rel, mask_name in items:
             if kind == "tampered" and mask_name is None:
                 log.warning("casia_v2: no mask for %s, skipped", rel)
@@ -96,5 +67,5 @@ class CasiaV2(tfds.core.GeneratorBasedBuilder):
             except BadExampleError as e:
                 log.warning("casia_v2: skipped %s", e)
                 continue
-            yield rel, {"image_bytes": _file_bytes(os.path.join(root, rel)), "mask_bytes": _png_bytes(mask),
+            yield rel, {"image_bytes": file_bytes(os.path.join(root, rel)), "mask_bytes": png_bytes(mask),
                         "path": rel, "kind": kind}

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.casia_v2.casia_v2 import _file_bytes, _png_bytes
+from data.common import file_bytes, forgery_info, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,7 @@ class Columbia(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "mask_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "path": tfds.features.Text(),
-                "kind": tfds.features.Text(),
-            }),
-            homepage="https://www.ee.columbia.edu/ln/dvmm/downloads/authsplcuncmp/",
-        )
+        return forgery_info(self, homepage="https://www.ee.columbia.edu/ln/dvmm/downloads/authsplcuncmp/")
 
     def _split_generators(self, dl_manager):
         return {"test": self._generate_examples(os.fspath(dl_manager.manual_dir))}
@@ -82,5 +74,5 @@ class Columbia(tfds.core.GeneratorBasedBuilder):
             except BadExampleError as e:
                 log.warning("columbia: skipped %s", e)
                 continue
-            yield rel, {"image_bytes": _file_bytes(img_path), "mask_bytes": _png_bytes(m), "path": rel,
+            yield rel, {"image_bytes": file_bytes(img_path), "mask_bytes": png_bytes(m), "path": rel,
                         "kind": "tampered"}
