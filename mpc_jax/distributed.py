@@ -62,6 +62,22 @@ def local_batch_size(global_batch_size: int, mesh) -> int:
   return global_batch_size // jax.process_count()
 
 
+def process_batch_block(global_batch_size: int, mesh) -> tuple[int, int]:
+  """`(block, num_blocks)`: this process's rows of a global batch sharded along `data` are the
+  contiguous block `[block * b, (block + 1) * b)`, `b = global_batch_size // num_blocks` (what
+  `jax.make_array_from_process_local_data` expects it to feed). The input pipeline reads that block
+  of every global batch, so any number of processes assembles the same global batches."""
+  local = local_batch_size(global_batch_size, mesh)
+  rows = [(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
+          for s in batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,)).values()]
+  lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
+  if hi - lo != local or lo % local:
+    raise ValueError(f"this process's devices hold rows [{lo}, {hi}) of the global batch of "
+                     f"{global_batch_size}, not a contiguous block of {local}: use a mesh whose "
+                     "'data' axis lists each process's devices together")
+  return lo // local, jax.process_count()
+
+
 def global_batch(local: dict, mesh) -> dict:
   """Process-local numpy arrays (leading axis = this process's rows) -> global `jax.Array`s
   sharded along `data`. Non-array leaves (names, sizes) are dropped."""

@@ -506,7 +506,9 @@ def _train_iterator(config, stage, batch_size, mesh):
     data = ml_collections.ConfigDict(data.to_dict())
     data.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
   seed = int(config.seed) + (0 if stage == "stage1" else 1)
-  return make_train_iterator(data, seed=seed, batch_size_per_process=distributed.local_batch_size(batch_size, mesh))
+  block, num_blocks = distributed.process_batch_block(batch_size, mesh)
+  return make_train_iterator(data, seed=seed, process_index=block, process_count=num_blocks,
+                             batch_size_per_process=distributed.local_batch_size(batch_size, mesh))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:

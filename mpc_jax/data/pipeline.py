@@ -4,12 +4,22 @@ Training graph (`make_train_dataset`):
 
     MapDataset.source(mixture)            # MixtureSource: sources repeated by weight (reference style)
       .shuffle(seed)                      # global permutation, reseeded every epoch
-      [process_index::process_count]      # each host reads only its part (disjoint, covering)
       .repeat(num_epochs)                 # None = forever
-      .random_map(TrainTransform)         # decode happened in the source; augmentation here
+      .random_map(TrainTransform)         # decode happened in the source; augmentation here, seeded
+                                          # by the GLOBAL stream position (same for any process count)
+      BlockShard(process_index, process_count, batch_size_per_process)
+                                          # this host's rows of every global batch (lazy: it reads
+                                          # and augments only those)
       .to_iter_dataset(ReadOptions)       # threads; skipped bad examples (None) are dropped here
       .batch(batch_size_per_process)      # numpy batch dict
       .mp_prefetch(MultiprocessingOptions)  # when num_workers > 0
+
+Sharding: global batch `k` is elements `[k*G, (k+1)*G)` of the global stream (`G = b * process_count`);
+process `p` reads its contiguous block `[k*G + p*b, k*G + (p+1)*b)`, the rows
+`jax.make_array_from_process_local_data` assigns to it on a 1-axis data mesh. So P processes
+assemble exactly the global batches (same examples, same row order, same augmentation) that one
+process with batch G reads; only a skipped bad example (on_bad_example='skip') shifts that
+process's later rows.
 
 The iterator is a `grain.DatasetIterator`: `it.get_state()` / `it.set_state(state)`, or
 `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` with orbax, resume the same order.
@@ -216,7 +226,9 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
     built = sources if sources is not None else build_sources(cfg)
     shuffle_seed = _get(cfg, "shuffle_seed")
     shuffle_seed = int(seed) if shuffle_seed is None else int(shuffle_seed)
-    aug_seed = int(np.random.SeedSequence([int(seed), pi]).generate_state(1)[0] & 0x7FFFFFFF)
+    # augmentation draws follow the global stream position, so the seed must not depend on the process
+    aug_seed = int(np.random.SeedSequence([int(seed), 0]).generate_state(1)[0] & 0x7FFFFFFF)
+    b = int(batch_size_per_process)
     num_epochs = _get(cfg, "num_epochs")
     if _get(cfg, "mixture", "repeat") == "repeat":
         mix = MixtureSource([s for _, _, s in built], [w for _, w, _ in built], seed=shuffle_seed,
@@ -224,12 +236,13 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
         ds = grain.MapDataset.source(mix).shuffle(seed=shuffle_seed)
         if len(ds) < pc:
             raise ValueError(f"training set has {len(ds)} examples, fewer than the {pc} processes")
-        ds = ds[pi::pc].repeat(num_epochs)
-        log.info("train mixture: %s -> %d examples/epoch, process %d/%d reads %d",
-                 ", ".join(f"{sp} x{w:g} ({len(s)})" for sp, w, s in built), len(mix), pi, pc, len(ds))
+        ds = ds.repeat(num_epochs)
+        log.info("train mixture: %s -> %d examples/epoch, process %d/%d reads rows [%d, %d) of each "
+                 "global batch of %d", ", ".join(f"{sp} x{w:g} ({len(s)})" for sp, w, s in built), len(mix),
+                 pi, pc, pi * b, (pi + 1) * b, b * pc)
     else:
         sampler = WeightedSampleSource([s for _, _, s in built], [w for _, w, _ in built], seed=shuffle_seed)
-        ds = grain.MapDataset.source(sampler)[pi::pc]
+        ds = grain.MapDataset.source(sampler)
         if num_epochs is not None:
             log.warning("config.data.num_epochs is ignored with mixture='sample' (infinite stream)")
     transform = TrainTransform(int(_get(cfg, "input_size", 512)), int(_get(cfg, "gt_ratio", 4)),
@@ -237,6 +250,8 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
                                augment_prob=float(_get(cfg, "augment_prob", 0.75)),
                                second_view=bool(_get(cfg, "second_view", False)))
     ds = ds.random_map(_SkipNone(transform), seed=aug_seed)
+    if pc > 1:
+        ds = BlockShard(ds, pi, pc, b)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_get(cfg, "read_threads", 2)),
                                                  prefetch_buffer_size=int(_get(cfg, "read_prefetch", 16))))
     it_ds = it_ds.batch(int(batch_size_per_process), drop_remainder=bool(_get(cfg, "drop_remainder", True)),
@@ -247,6 +262,39 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=nw, per_worker_buffer_size=int(_get(cfg, "per_worker_buffer_size", 2))))
     return it_ds
+
+
+class BlockShard(grain.MapDataset):
+    """Process `index` of `count`: element `j` is element `(j // block * count + index) * block + j % block`
+    of the parent, i.e. this process's contiguous block of `block` rows in every group of
+    `count * block` (a global batch). Disjoint over processes and covering; lazy."""
+
+    _MUTATES_ELEMENT_SPEC = False
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, block: int):
+        super().__init__(parent)
+        self._index, self._count, self._block = int(index), int(count), int(block)
+        n, g = len(parent), self._count * self._block
+        full, rem = divmod(n, g)
+        self._length = full * self._block + min(max(rem - self._index * self._block, 0), self._block)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, j: int) -> int:
+        group, r = divmod(int(j), self._block)
+        return (group * self._count + self._index) * self._block + r
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(j) for j in indices])  # noqa: SLF001
+
+    def __str__(self) -> str:
+        return f"BlockShard(index={self._index}, count={self._count}, block={self._block})"
 
 
 def _ensure_absl_flags_parsed():

@@ -1,0 +1,138 @@
+"""Training step time of the real stage-1 / stage-2 steps (`mpc_jax.train`), and their memory.
+
+  python bench/bench_train.py [--config hrt_base] [--sizes 256,512] [--batch 2] [--repeats 3]
+         [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000]
+
+For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
+(AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
+compiled ahead of time (`lower(...).compile()`, timed), warmed up once, then run `--repeats` times;
+the table gives the median step time and images/s, XLA's FLOP count of the compiled step
+(`compiled.cost_analysis()`, where the backend reports one) and XLA's memory analysis of the
+compiled step per device (arguments + outputs - aliased (donated) + temporaries: the buffers XLA
+allocates, not the process RSS). At `--memory-size` (512; 0 skips) the stage-1 step is also
+compiled, not run, with and without rematerialisation (`config.model.remat`: the backbone under
+`jax.checkpoint`); stage 2 never rematerialises (the backbone's activations are needed only for
+the head's gradient). Prints a table and writes bench/results/train.json.
+
+Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
+per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
+(the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
+"""
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from common import report, time_fn  # noqa: E402
+
+from mpc_jax import distributed, train  # noqa: E402
+from mpc_jax.models import count_params  # noqa: E402
+from mpc_jax.train_config import base_config  # noqa: E402
+
+
+def _config(args, size, remat):
+  c = base_config()
+  c.model.hrformer = args.config
+  c.model.remat = bool(remat)
+  c.data.input_size = size
+  for s in ("stage1", "stage2"):
+    c[s].batch_size = args.batch
+  c.stage1.loss.num_samples = args.num_samples
+  if args.stage2_trainable:
+    c.stage2.trainable = args.stage2_trainable
+  return c
+
+
+def _batch(size, batch, mesh):
+  rng = np.random.default_rng(0)
+  image = rng.random((batch, size, size, 3), np.float32)
+  mask = np.zeros((batch, size // 4, size // 4), np.float32)
+  mask[:, : size // 8] = 1.0  # top half forged: every pixel set of the loss is populated
+  return distributed.global_batch({"image": image, "mask": mask}, mesh)
+
+
+def _flops(compiled):
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - not every backend reports costs
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else None
+  return float(ca["flops"]) if ca and "flops" in ca else None
+
+
+def _memory(compiled):
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  arg, out, alias, temp = (int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp"))
+  return {"args_MiB": arg / 2**20, "temp_MiB": temp / 2**20, "peak_MiB": (arg + out - alias + temp) / 2**20}
+
+
+def _compile(args, stage, size, remat, mesh):
+  config = _config(args, size, remat)
+  model = train.build_model(config)
+  state, parts = train.create_state(model, config[stage], mesh)
+  make = train.make_stage1_step if stage == "stage1" else train.make_stage2_step
+  step = make(parts, config, mesh)
+  batch = _batch(size, args.batch, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return compiled, state, batch, time.perf_counter() - t0, count_params(model)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="hrt_base", help="HRFormer preset (config.model.hrformer)")
+  p.add_argument("--sizes", default="256,512", help="input sides, comma-separated")
+  p.add_argument("--batch", type=int, default=2, help="global batch")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--stages", default="stage1,stage2")
+  p.add_argument("--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)")
+  p.add_argument("--num-samples", type=int, default=5000, help="stage-1 loss: pixels per sampled set")
+  p.add_argument("--stage2-trainable", default="",
+                 help="regex of stage-2 trained params ('': the config's, the head only; '.*': all)")
+  args = p.parse_args()
+  mesh = distributed.make_mesh()
+  rows = []
+  with jax.set_mesh(mesh):
+    for stage in args.stages.split(","):
+      for size in [int(s) for s in args.sizes.split(",") if s]:
+        compiled, state, batch, t_compile, n_params = _compile(args, stage, size, False, mesh)
+        holder = [state]
+
+        def run():
+          holder[0], m = compiled(holder[0], batch)  # the state is donated: thread it through
+          return m["loss/total"]
+
+        t = time_fn(run, repeats=args.repeats)
+        flops = _flops(compiled)
+        rows.append({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
+                     "remat": False, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
+                     "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
+                     "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
+        del compiled, state, batch, holder
+    if args.memory_size and "stage1" in args.stages.split(","):
+      for remat in (False, True):
+        if not remat and any(r["stage"] == "stage1" and r["input"].endswith(f"x{args.memory_size}") for r in rows):
+          continue  # measured (and run) above
+        compiled, _, _, t_compile, n_params = _compile(args, "stage1", args.memory_size, remat, mesh)
+        flops = _flops(compiled)
+        rows.append({"stage": "stage1", "model": args.config, "params": n_params,
+                     "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
+                     "compile_s": t_compile, "GFLOP_per_step": flops / 1e9 if flops else None,
+                     **_memory(compiled)})
+        del compiled
+  cols = ["stage", "input", "remat", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
+          "args_MiB", "temp_MiB", "peak_MiB"]
+  report("train", rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
+                                     "memory_note": "XLA compiled memory analysis per device: "
+                                     "peak = arguments + outputs - donated (aliased) + temporaries"})
+
+
+if __name__ == "__main__":
+  main()
