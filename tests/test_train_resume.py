@@ -164,6 +164,9 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
     assert got["losses"].keys() == ref["losses"].keys() == {"1", "2", "3"}
     for k in ref["losses"]:
       np.testing.assert_allclose(got["losses"][k], ref["losses"][k], rtol=1e-5, err_msg=f"step {k}")
-    # 3 steps move a parameter by up to 3e-5; a wrong gradient (e.g. not reduced over both
-    # processes) or a wrong batch differs by that order, rounding by <= ~3e-7.
-    _assert_same_params(got_params, ref_params, atol=1e-6)
+    # The losses above are the sharp check: one step moves the loss from ~13.4 to ~10.0, so a
+    # wrong gradient (e.g. not reduced over both processes) or a wrong batch shifts the step-2/3
+    # losses by ~1e-3 relative or more, while the runs agree to ~2e-6. Parameters: 3 steps move one
+    # by up to 3e-5; on the CI machine (clean 2-core run) the two runs differed by at most 2.6e-6
+    # (backbone/conv2/kernel), all-reduce rounding amplified by this ill-conditioned tiny model.
+    _assert_same_params(got_params, ref_params, atol=1e-5)
