@@ -32,15 +32,15 @@ def _stage(modules, blocks, channels, heads=None, mlp=None, windows=None, block=
   return cfg
 
 
-def _preset(c, heads, s3_modules, blocks, window=7, stem_blocks=2, drop_path=0.2):
-  n = len
+def _preset(c, heads, s3_modules, blocks, window=7, stem_blocks=2, stem_channels=64, drop_path=0.2):
+  """A yacs-layout config: branch channels `c` and heads (4 each), MLP ratio 4, one window size."""
   return {
       "DROP_PATH_RATE": drop_path,
-      "STAGE1": _stage(1, [stem_blocks], [64], block="BOTTLENECK"),
+      "STAGE1": _stage(1, [stem_blocks], [stem_channels], block="BOTTLENECK"),
       "STAGE2": _stage(1, [blocks] * 2, c[:2], heads[:2], [4] * 2, [window] * 2),
       "STAGE3": _stage(s3_modules, [blocks] * 3, c[:3], heads[:3], [4] * 3, [window] * 3),
       "STAGE4": _stage(2, [blocks] * 4, c[:4], heads[:4], [4] * 4, [window] * 4),
-  } if n(c) == 4 else None
+  }
 
 
 HRFORMER_CONFIGS = {
@@ -49,9 +49,8 @@ HRFORMER_CONFIGS = {
     "hrt_base_win13": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=13),
     "hrt_base_win15": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=15),
     # The configuration of `shared/fixtures/parity_tiny`: same code path, ~1.7 M parameters.
-    "hrt_tiny": _preset([16, 32, 64, 128], [1, 2, 4, 8], 1, 1, stem_blocks=1),
+    "hrt_tiny": _preset([16, 32, 64, 128], [1, 2, 4, 8], 1, 1, stem_blocks=1, stem_channels=16),
 }
-HRFORMER_CONFIGS["hrt_tiny"]["STAGE1"]["NUM_CHANNELS"] = [16]
 
 
 def get_hrformer_config(config=None) -> dict:
@@ -62,8 +61,7 @@ def get_hrformer_config(config=None) -> dict:
     if config not in HRFORMER_CONFIGS:
       raise ValueError(f"unknown hrformer_config {config!r}; presets: {sorted(HRFORMER_CONFIGS)}")
     config = HRFORMER_CONFIGS[config]
-  config = {k: (dict(v) if hasattr(v, "keys") else v) for k, v in dict(config).items()}
-  config = copy.deepcopy(config)
+  config = copy.deepcopy({k: (dict(v) if hasattr(v, "keys") else v) for k, v in dict(config).items()})
   validate_hrformer_config(config)
   return config
 
