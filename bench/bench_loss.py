@@ -81,7 +81,6 @@ def run_one(k, chunked):
     import resource
 
     import jax
-    import jax.numpy as jnp
     from mpc_jax.losses import multiview_pixel_contrast
 
     va, vb, mask = _inputs()

@@ -30,7 +30,6 @@ def main():
 
     import jax
     import numpy as np
-    from flax import nnx
 
     from mpc_jax.models import build_mpc, count_params
     from mpc_jax.predict import PredictConfig, Predictor, predict_arrays

@@ -1,5 +1,4 @@
 """TFDS builders in data/ (manual dir) + the `tfds:NAME:split` source, built without TensorFlow."""
-import os
 import pathlib
 import sys
 

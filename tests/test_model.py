@@ -95,7 +95,7 @@ def test_bfloat16_compute_keeps_float32_params():
   f32.eval()
   bf16.eval()
   images = jax.random.uniform(jax.random.key(2), (1, 48, 48, 3))
-  (fa, la), (fb, lb) = _forward(f32, images), _forward(bf16, images)
+  (fa, _), (fb, lb) = _forward(f32, images), _forward(bf16, images)
   assert fb[0].dtype == jnp.bfloat16 and lb.dtype == jnp.float32
   assert rel_err(fb[0].astype(jnp.float32), np.asarray(fa[0], np.float64)) < 0.05
 

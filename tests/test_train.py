@@ -1,6 +1,5 @@
 """Training steps in-process on 8 simulated CPU devices: one compilation, determinism, freezing."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
