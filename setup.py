@@ -13,7 +13,7 @@ setup(
     install_requires=[
         "jax>=0.10,<0.14",
         "flax>=0.12,<0.14",
-        "optax>=0.2.4",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
         "grain>=0.2.12",
         "ml-collections>=1.0",

@@ -1,7 +1,8 @@
 """Training step time of the real stage-1 / stage-2 steps (`mpc_jax.train`), and their memory.
 
   python bench/bench_train.py [--config hrt_base] [--sizes 256,512] [--batch 2] [--repeats 3]
-         [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000]
+         [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
+         [--peak-tflops X] [--out NAME]
 
 For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
 (AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
@@ -9,16 +10,19 @@ compiled ahead of time (`lower(...).compile()`, timed), warmed up once, then run
 the table gives the median step time and images/s, XLA's FLOP count of the compiled step
 (`compiled.cost_analysis()`, where the backend reports one) and XLA's memory analysis of the
 compiled step per device (arguments + outputs - aliased (donated) + temporaries: the buffers XLA
-allocates, not the process RSS). At `--memory-size` (512; 0 skips) the stage-1 step is also
+allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`) an
+MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32). At `--memory-size` (512; 0 skips) the stage-1 step is also
 compiled, not run, with and without rematerialisation (`config.model.remat`: the backbone under
 `jax.checkpoint`); stage 2 never rematerialises (the backbone's activations are needed only for
-the head's gradient). Prints a table and writes bench/results/train.json.
+the head's gradient). Prints each row as it is measured, then a table, and writes
+bench/results/NAME.json (default name `train_PLATFORM_CONFIG_DTYPE`).
 
 Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
 per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
 (the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
 """
 import argparse
+import json
 import sys
 import time
 
@@ -36,6 +40,7 @@ from mpc_jax.train_config import base_config  # noqa: E402
 def _config(args, size, remat):
   c = base_config()
   c.model.hrformer = args.config
+  c.model.dtype = args.dtype
   c.model.remat = bool(remat)
   c.data.input_size = size
   for s in ("stage1", "stage2"):
@@ -52,6 +57,20 @@ def _batch(size, batch, mesh):
   mask = np.zeros((batch, size // 4, size // 4), np.float32)
   mask[:, : size // 8] = 1.0  # top half forged: every pixel set of the loss is populated
   return distributed.global_batch({"image": image, "mask": mask}, mesh)
+
+
+# Dense peak TFLOP/s per device (vendor data sheets): bfloat16 tensor cores, and float32 matmuls as XLA
+# runs them on these GPUs by default (TF32 tensor cores). Unknown devices (CPUs): no MFU column.
+_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 494.0}, "H200": {"bfloat16": 989.0, "float32": 494.0},
+          "A100": {"bfloat16": 312.0, "float32": 156.0}}
+
+
+def _peak_tflops(dtype):
+  kind = jax.devices()[0].device_kind
+  for name, peaks in _PEAKS.items():
+    if name in kind:
+      return peaks[dtype]
+  return 0.0
 
 
 def _flops(compiled):
@@ -93,14 +112,28 @@ def main():
   p.add_argument("--stages", default="stage1,stage2")
   p.add_argument("--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)")
   p.add_argument("--num-samples", type=int, default=5000, help="stage-1 loss: pixels per sampled set")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  p.add_argument("--peak-tflops", type=float, default=0.0,
+                 help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)")
+  p.add_argument("--out", default="",
+                 help="results name (bench/results/NAME.json; default train_PLATFORM_CONFIG_DTYPE)")
   p.add_argument("--stage2-trainable", default="",
                  help="regex of stage-2 trained params ('': the config's, the head only; '.*': all)")
   args = p.parse_args()
   mesh = distributed.make_mesh()
+  peak = args.peak_tflops or _peak_tflops(args.dtype)
   rows = []
+
+  def add(row):
+    if peak and row.get("GFLOP_per_step") and row.get("median_s"):
+      row["MFU"] = row["GFLOP_per_step"] / row["median_s"] / (peak * 1e3 * mesh.devices.size)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
   with jax.set_mesh(mesh):
     for stage in args.stages.split(","):
       for size in [int(s) for s in args.sizes.split(",") if s]:
+        print(f"compiling {stage} {args.batch}x{size}x{size} ...", flush=True)
         compiled, state, batch, t_compile, n_params = _compile(args, stage, size, False, mesh)
         holder = [state]
 
@@ -110,7 +143,7 @@ def main():
 
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
-        rows.append({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
+        add({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
                      "remat": False, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
                      "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
                      "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
@@ -121,14 +154,17 @@ def main():
           continue  # measured (and run) above
         compiled, _, _, t_compile, n_params = _compile(args, "stage1", args.memory_size, remat, mesh)
         flops = _flops(compiled)
-        rows.append({"stage": "stage1", "model": args.config, "params": n_params,
+        print(f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True)
+        add({"stage": "stage1", "model": args.config, "params": n_params,
                      "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
                      "compile_s": t_compile, "GFLOP_per_step": flops / 1e9 if flops else None,
                      **_memory(compiled)})
         del compiled
   cols = ["stage", "input", "remat", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
-          "args_MiB", "temp_MiB", "peak_MiB"]
-  report("train", rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
+          "MFU", "args_MiB", "temp_MiB", "peak_MiB"]
+  name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
+  report(name, rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
+                                  "peak_tflops_per_device": peak,
                                      "memory_note": "XLA compiled memory analysis per device: "
                                      "peak = arguments + outputs - donated (aliased) + temporaries"})
 

@@ -40,6 +40,12 @@ def maybe_initialize(cfg) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (a no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
   """A 1-axis mesh `('data',)` over `num_devices` devices (all of them when -1)."""
   n = jax.device_count() if num_devices in (-1, None, 0) else num_devices

@@ -213,6 +213,9 @@ def _features_fn(graphdef, remat: bool):
     model = nnx.merge(graphdef, params, frozen, rest, copy=True)
     feats = [l2_normalize(f.astype(jnp.float32)) for f in model.features(images)]
     return feats, _split_rest(model)
+  # An inner jit: the stage-1 step calls this twice, and tracing the backbone once instead of twice
+  # cuts the step's lowering time about 6x (hrt_tiny on CPU: 47 s -> 8 s); the program is the same.
+  fn = jax.jit(fn)
   return jax.checkpoint(fn) if remat else fn
 
 
@@ -279,7 +282,7 @@ def _apply(parts, state, grads, rest, metrics):
   updates, opt_state = parts.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["lr"] = state.opt_state.hyperparams["learning_rate"]
   new = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
   return new, metrics
@@ -420,13 +423,20 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
   last_eval: dict = {}
   pending, t_log, step_log = [], time.time(), step
   preempted = False
+  compiled_step = None
   log.info("%s: training steps %d..%d, global batch %d on %d devices", stage, step, num_steps,
            batch_size, mesh.devices.size)
   while step < num_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       local = next(data_it)
       batch = distributed.global_batch(local, mesh)
-      state, m = step_fn(state, batch)
+      if compiled_step is None:
+        # Compile ahead of the first step, then wait for every process: a process that finished
+        # compiling first would otherwise sit in the step's first collective while the others
+        # compile, which can run past the collective's timeout (seen with gloo on CPU).
+        compiled_step = step_fn.lower(state, batch).compile()
+        distributed.barrier(f"{stage} step compiled")
+      state, m = compiled_step(state, batch)
     step += 1
     pending.append(m)
     report(step)

@@ -64,6 +64,36 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
   assert any(not np.array_equal(rest0[k], rest1[k]) for k in rest0), "BatchNorm running stats not updated"
 
 
+def _first_step(config, mesh, batch):
+  state, parts = train.create_state(train.build_model(config), config.stage1, mesh)
+  state, m = train.make_stage1_step(parts, config, mesh)(state, batch)
+  return state, {k: float(v) for k, v in m.items()}
+
+
+def test_stage1_global_negatives_and_bfloat16_steps(setup):
+  """In the jitted step: 'global' negatives only add negatives to the intra term (so it grows and
+  the other terms stay), and bfloat16 compute keeps float32 parameters and tracks the f32 loss."""
+  config, mesh = setup
+  with jax.set_mesh(mesh):
+    batch = _batches(config, mesh, 1, seed=3)[0]
+    _, ref = _first_step(config, mesh, batch)
+    glob = config.copy_and_resolve_references()
+    glob.stage1.loss.negatives = "global"
+    glob.stage1.loss.bank_per_image = 16
+    state_g, got = _first_step(glob, mesh, batch)
+    half = config.copy_and_resolve_references()
+    half.model.dtype = "bfloat16"
+    state_h, low = _first_step(half, mesh, batch)
+  assert got["loss/intra"] > ref["loss/intra"] + 1e-3
+  for k in ("loss/cross_scale", "loss/cross_modality"):
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
+  assert np.isfinite(got["grad_norm"]) and got["grad_norm"] > 0
+  params = jax.tree.leaves(train.host_copy(state_h.params))
+  assert all(p.dtype == np.float32 for p in params)
+  np.testing.assert_allclose(low["loss/total"], ref["loss/total"], rtol=0.05)
+  assert np.isfinite(low["grad_norm"]) and low["grad_norm"] > 0
+
+
 @pytest.mark.parametrize("backbone_mode", ["train", "eval"])
 def test_stage2_leaves_backbone_weights_untouched(setup, backbone_mode):
   config, mesh = setup

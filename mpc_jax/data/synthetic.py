@@ -8,11 +8,12 @@ a first JPEG) and the composite gets post-processing (resampling, noise, a secon
 quality), so the untouched area is double-compressed while the forged region has a different history.
 
 `difficulty` in [0, 1] sets how loud the forgery traces are:
-  0.0 ("easy", for the CPU demo): strong local noise / blur / JPEG-grid / resampling mismatch, larger
-      regions, light post-processing -- visible to a small network in minutes;
+  0.0 ("easy", for the CPU demo): every tampered region carries a loud noise-level mismatch (added
+      sensor-like noise, or an inpainted fill re-noised far above the background), larger regions,
+      light post-processing -- learnable by a small network in minutes;
   1.0 ("hard"): noise-level matched, full colour matching, heavy post-processing that masks the traces;
   default 0.5. Colour/brightness is matched at every difficulty, so a "coloured boundary" is never the
-  cue: see `trivial_detector_f1` (and bench/bench_data.py) for the check.
+  cue: see `trivial_detector_f1` (and tests/test_data_synthetic.py) for the check.
 
 API:
   generate_example(rng, size=(H, W), kind=None, *, difficulty=0.5, authentic_prob=0.1)
@@ -143,9 +144,10 @@ def _add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> np.nd
     return np.clip(img.astype(np.float32) + n, 0, 255).astype(np.uint8)
 
 
-def _camera(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, dict]:
+def _camera(rng: np.random.Generator, img: np.ndarray, d: float) -> tuple[np.ndarray, dict]:
     """A camera-like history: sensor noise, slight softening, a first JPEG."""
-    p = {"noise": float(rng.uniform(0.8, 3.5)), "jpeg": int(rng.integers(72, 99)) if rng.random() < 0.75 else None}
+    p = {"noise": float(rng.uniform(0.8, _lerp(2.0, 3.5, d))),
+         "jpeg": int(rng.integers(72, 99)) if rng.random() < 0.75 else None}
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.3, 0.7))
     img = _add_noise(img, rng, p["noise"])
@@ -154,9 +156,9 @@ def _camera(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, dict
     return img, p
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, dict]:
+def _background(rng: np.random.Generator, h: int, w: int, d: float) -> tuple[np.ndarray, dict]:
     img = _texture(rng, h, w) if rng.random() < 0.3 else _natural_crop(rng, h, w)
-    return _camera(rng, img)
+    return _camera(rng, img, d)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -237,12 +239,12 @@ def _colour_match(src: np.ndarray, dst: np.ndarray, m: np.ndarray, strength: flo
 
 def _trace(rng: np.random.Generator, region: np.ndarray, d: float, bg_noise: float) -> np.ndarray:
     """A local processing trace on the pasted content; its loudness falls with difficulty `d`."""
-    # easy: mostly noise-level traces (learnable fast); hard: all trace types equally, all faint
-    p = np.array([_lerp(0.35, 0.2, d), _lerp(0.2, 0.2, d), _lerp(0.1, 0.2, d), _lerp(0.05, 0.2, d),
-                  _lerp(0.3, 0.2, d)])
+    # easy: only loud noise-level traces (learnable fast); hard: all trace types equally, all faint
+    p = np.array([_lerp(1.0, 0.2, d), _lerp(0.0, 0.2, d), _lerp(0.0, 0.2, d), _lerp(0.0, 0.2, d),
+                  _lerp(0.0, 0.2, d)])
     t = rng.choice(["noise", "blur", "jpeg", "resample", "denoise"], p=p / p.sum())
     if t == "noise":
-        return _add_noise(region, rng, _lerp(12.0, 1.2, d) * rng.uniform(0.8, 1.2))
+        return _add_noise(region, rng, _lerp(20.0, 1.2, d) * rng.uniform(0.8, 1.2))
     if t == "blur":
         return cv2.GaussianBlur(region, (0, 0), _lerp(2.0, 0.45, d) * rng.uniform(0.8, 1.2))
     if t == "jpeg":
@@ -269,7 +271,7 @@ def _splice(rng, img, m, d, cam):
     h, w = img.shape[:2]
     f = rng.uniform(0.6, 1.6)  # donor rescale factor: resampling trace
     dh, dw = max(8, int(h * f)), max(8, int(w * f))
-    donor, _ = _background(rng, dh, dw)
+    donor, _ = _background(rng, dh, dw, d)
     donor = cv2.resize(donor, (w, h), interpolation=cv2.INTER_LINEAR if f < 1 else cv2.INTER_AREA)
     donor = _colour_match(donor, img, m, strength=_lerp(0.85, 1.0, d))
     if rng.random() < _lerp(1.0, 0.5, d):
@@ -305,8 +307,8 @@ def _removal(rng, img, m, d, cam):
         fill = cv2.resize(cv2.inpaint(small, hs, 3, method), (w, h), interpolation=cv2.INTER_LINEAR)
     else:
         fill = cv2.inpaint(img, hole, 3, method)
-    # re-add noise: none when easy (flat inpainted area), matched to the background when hard
-    fill = _add_noise(fill, rng, cam["noise"] * _lerp(0.0, 1.0, d) * rng.uniform(0.8, 1.05))
+    # re-add noise: far too much when easy (a noisier patch), matched to the background when hard
+    fill = _add_noise(fill, rng, _lerp(12.0, cam["noise"], d) * rng.uniform(0.8, 1.05))
     return _blend(img, fill, _alpha(rng, m))
 
 
@@ -345,10 +347,10 @@ def generate_example(rng: np.random.Generator, size=(256, 256), kind: str | None
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     # Optionally work on a larger canvas and resample down at the end (global resampling).
-    resample = rng.random() < _lerp(0.15, 0.5, d)
+    resample = rng.random() < _lerp(0.0, 0.5, d)
     f = rng.uniform(1.1, 1.6) if resample else 1.0
     ch, cw = int(round(h * f)), int(round(w * f))
-    img, cam = _background(rng, ch, cw)
+    img, cam = _background(rng, ch, cw, d)
     if kind == "authentic":
         m = np.zeros((ch, cw), np.uint8)
     else:
@@ -358,10 +360,10 @@ def generate_example(rng: np.random.Generator, size=(256, 256), kind: str | None
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if rng.random() < 0.5 else cv2.INTER_LINEAR)
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
     # global post-processing: noise, then a second JPEG at a different quality
-    if rng.random() < _lerp(0.2, 0.6, d):
+    if rng.random() < _lerp(0.0, 0.6, d):
         img = _add_noise(img, rng, rng.uniform(0.5, _lerp(1.0, 3.0, d)))
-    if rng.random() < _lerp(0.5, 0.9, d):
-        q = int(rng.integers(int(_lerp(88, 65, d)), 97))
+    if rng.random() < _lerp(0.3, 0.9, d):
+        q = int(rng.integers(int(_lerp(90, 65, d)), 97))
         if cam["jpeg"] is not None and abs(q - cam["jpeg"]) < 3:
             q = int(np.clip(cam["jpeg"] + (5 if cam["jpeg"] < 90 else -5), 50, 100))
         img = _jpeg(img, q)
