@@ -137,28 +137,27 @@ def main():
         compiled, state, batch, t_compile, n_params = _compile(args, stage, size, False, mesh)
         holder = [state]
 
-        def run():
+        def run(compiled=compiled, holder=holder, batch=batch):
           holder[0], m = compiled(holder[0], batch)  # the state is donated: thread it through
           return m["loss/total"]
 
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
         add({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
-                     "remat": False, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
-                     "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
-                     "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
-        del compiled, state, batch, holder
+             "remat": False, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
+             "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
+             "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
+        del compiled, state, batch, holder, run
     if args.memory_size and "stage1" in args.stages.split(","):
       for remat in (False, True):
         if not remat and any(r["stage"] == "stage1" and r["input"].endswith(f"x{args.memory_size}") for r in rows):
           continue  # measured (and run) above
+        print(f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True)
         compiled, _, _, t_compile, n_params = _compile(args, "stage1", args.memory_size, remat, mesh)
         flops = _flops(compiled)
-        print(f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True)
         add({"stage": "stage1", "model": args.config, "params": n_params,
-                     "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
-                     "compile_s": t_compile, "GFLOP_per_step": flops / 1e9 if flops else None,
-                     **_memory(compiled)})
+             "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
+             "compile_s": t_compile, "GFLOP_per_step": flops / 1e9 if flops else None, **_memory(compiled)})
         del compiled
   cols = ["stage", "input", "remat", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
           "MFU", "args_MiB", "temp_MiB", "peak_MiB"]

@@ -58,13 +58,27 @@ def build_model(cfg):
   return models[-1]
 
 
-def jit_step(step, mesh):
-  fn = _jit_step(step, mesh)
-
+def _recording(fn):
   def wrapped(state, batch):
     state, m = fn(state, batch)
     losses[int(np.asarray(state.step.addressable_data(0)))] = float(np.asarray(m["loss/total"].addressable_data(0)))
     return state, m
+  return wrapped
+
+
+class _Lowered:
+  def __init__(self, lowered):
+    self.lowered = lowered
+
+  def compile(self):
+    return _recording(self.lowered.compile())
+
+
+def jit_step(step, mesh):
+  """The trainer's jitted step, recording every loss (also through `.lower(...).compile()`)."""
+  fn = _jit_step(step, mesh)
+  wrapped = _recording(fn)
+  wrapped.lower = lambda *a: _Lowered(fn.lower(*a))
   return wrapped
 
 
