@@ -10,12 +10,13 @@ compiled ahead of time (`lower(...).compile()`, timed), warmed up once, then run
 the table gives the median step time and images/s, XLA's FLOP count of the compiled step
 (`compiled.cost_analysis()`, where the backend reports one) and XLA's memory analysis of the
 compiled step per device (arguments + outputs - aliased (donated) + temporaries: the buffers XLA
-allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`) an
-MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32). At `--memory-size` (512; 0 skips) the stage-1 step is also
-compiled, not run, with and without rematerialisation (`config.model.remat`: the backbone under
-`jax.checkpoint`); stage 2 never rematerialises (the backbone's activations are needed only for
-the head's gradient). Prints each row as it is measured, then a table, and writes
-bench/results/NAME.json (default name `train_PLATFORM_CONFIG_DTYPE`).
+allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`)
+an MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32).
+At `--memory-size` (512; 0 skips) the stage-1 step is also compiled, not run, with and without
+rematerialisation (`config.model.remat`: the backbone under `jax.checkpoint`); stage 2 never
+rematerialises (the backbone's activations are needed only for the head's gradient). Prints each
+row as it is measured, then a table, and writes bench/results/NAME.json (default name
+`train_PLATFORM_CONFIG_DTYPE`).
 
 Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
 per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
@@ -164,8 +165,8 @@ def main():
   name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
   report(name, rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
                                   "peak_tflops_per_device": peak,
-                                     "memory_note": "XLA compiled memory analysis per device: "
-                                     "peak = arguments + outputs - donated (aliased) + temporaries"})
+                                  "memory_note": "XLA compiled memory analysis per device: "
+                                  "peak = arguments + outputs - donated (aliased) + temporaries"})
 
 
 if __name__ == "__main__":

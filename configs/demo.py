@@ -41,14 +41,17 @@ def get_config(arg=None):
   d.synthetic.authentic_prob = 0.0
   d.val_sources = (f"synthetic:64:12345:{S}:0.0",)  # another seed: never seen in training
 
-  s1 = c.stage1  # a short contrastive warm-up of the backbone (no validation: it would compile k-means)
+  s1 = c.stage1  # a short contrastive warm-up of the backbone, validated (k-means) once at its end
   s1.num_steps = 100
   s1.batch_size = 8
   s1.lr = 1e-3
   s1.log_every = 25
-  s1.eval_every = 10_000
+  s1.eval_every = 100
   s1.checkpoint_every = 100
+  s1.eval_batch_size = 16
   s1.loss.num_samples = 1024
+  s1.kmeans.num_init = 4
+  s1.kmeans.max_iter = 30
 
   s2 = c.stage2
   s2.num_steps = 800

@@ -423,20 +423,21 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
   last_eval: dict = {}
   pending, t_log, step_log = [], time.time(), step
   preempted = False
-  compiled_step = None
+  first_step = True
   log.info("%s: training steps %d..%d, global batch %d on %d devices", stage, step, num_steps,
            batch_size, mesh.devices.size)
   while step < num_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       local = next(data_it)
       batch = distributed.global_batch(local, mesh)
-      if compiled_step is None:
-        # Compile ahead of the first step, then wait for every process: a process that finished
-        # compiling first would otherwise sit in the step's first collective while the others
-        # compile, which can run past the collective's timeout (seen with gloo on CPU).
-        compiled_step = step_fn.lower(state, batch).compile()
+      if first_step:
+        # Compile before the first step (the jitted call below reuses this executable), then wait
+        # for every process: a process that finished compiling first would otherwise sit in the
+        # step's first collective while the others compile, past its timeout (seen with gloo).
+        step_fn.lower(state, batch).compile()
         distributed.barrier(f"{stage} step compiled")
-      state, m = compiled_step(state, batch)
+        first_step = False
+      state, m = step_fn(state, batch)
     step += 1
     pending.append(m)
     report(step)

@@ -80,7 +80,7 @@ def test_stage1_global_negatives_and_bfloat16_steps(setup):
     glob = config.copy_and_resolve_references()
     glob.stage1.loss.negatives = "global"
     glob.stage1.loss.bank_per_image = 16
-    state_g, got = _first_step(glob, mesh, batch)
+    _, got = _first_step(glob, mesh, batch)
     half = config.copy_and_resolve_references()
     half.model.dtype = "bfloat16"
     state_h, low = _first_step(half, mesh, batch)

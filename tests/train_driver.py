@@ -66,19 +66,12 @@ def _recording(fn):
   return wrapped
 
 
-class _Lowered:
-  def __init__(self, lowered):
-    self.lowered = lowered
-
-  def compile(self):
-    return _recording(self.lowered.compile())
-
-
 def jit_step(step, mesh):
-  """The trainer's jitted step, recording every loss (also through `.lower(...).compile()`)."""
+  """The trainer's jitted step, recording every loss; `.lower` (the trainer's ahead-of-time
+  compile) is the jitted function's own."""
   fn = _jit_step(step, mesh)
   wrapped = _recording(fn)
-  wrapped.lower = lambda *a: _Lowered(fn.lower(*a))
+  wrapped.lower = fn.lower
   return wrapped
 
 
