@@ -2,7 +2,7 @@
 
   python bench/bench_train.py [--config hrt_base] [--sizes 256,512] [--batch 2] [--repeats 3]
          [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
-         [--peak-tflops X] [--out NAME]
+         [--remat-sizes 512] [--peak-tflops X] [--out NAME]
 
 For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
 (AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
@@ -12,10 +12,16 @@ the table gives the median step time and images/s, XLA's FLOP count of the compi
 compiled step per device (arguments + outputs - aliased (donated) + temporaries: the buffers XLA
 allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`)
 an MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32).
+XLA counts a loop body once, so the stage-1 loss's chunk loop (`lax.map`) counts as one chunk: the
+FLOP and MFU columns are lower bounds (by about 13% for stage 1 at 256 px, 5% at 512 px).
 At `--memory-size` (512; 0 skips) the stage-1 step is also compiled, not run, with and without
-rematerialisation (`config.model.remat`: the backbone under `jax.checkpoint`); stage 2 never
-rematerialises (the backbone's activations are needed only for the head's gradient). Prints each
-row as it is measured, then a table, and writes bench/results/NAME.json (default name
+rematerialisation (`config.model.remat`: every stage-1 bottleneck and HRModule of the backbone
+under `nnx.remat`); stage 2 with the backbone frozen stores no backbone activations, so remat
+changes nothing there. On the CPU the bench keeps XLA's remat barriers
+(`distributed.keep_remat_barriers_on_cpu`, recorded in the JSON), without which XLA:CPU undoes every
+`jax.checkpoint`, the stage-1 loss's chunked log-sum-exp included. Timed stage-1
+rows at the `--remat-sizes` run rematerialised (sizes whose plain step does not fit in memory).
+Prints each row as it is measured, then a table, and writes bench/results/NAME.json (default name
 `train_PLATFORM_CONFIG_DTYPE`).
 
 Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
@@ -113,6 +119,7 @@ def main():
   p.add_argument("--stages", default="stage1,stage2")
   p.add_argument("--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)")
   p.add_argument("--num-samples", type=int, default=5000, help="stage-1 loss: pixels per sampled set")
+  p.add_argument("--remat-sizes", default="", help="sides whose timed stage-1 rows run with remat")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)")
@@ -121,6 +128,12 @@ def main():
   p.add_argument("--stage2-trainable", default="",
                  help="regex of stage-2 trained params ('': the config's, the head only; '.*': all)")
   args = p.parse_args()
+  try:
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    remat_sizes = {int(s) for s in args.remat_sizes.split(",") if s}
+  except ValueError:
+    p.error(f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}")
+  distributed.keep_remat_barriers_on_cpu()  # before the backends exist; a no-op off the CPU
   mesh = distributed.make_mesh()
   peak = args.peak_tflops or _peak_tflops(args.dtype)
   rows = []
@@ -133,9 +146,10 @@ def main():
 
   with jax.set_mesh(mesh):
     for stage in args.stages.split(","):
-      for size in [int(s) for s in args.sizes.split(",") if s]:
+      for size in sizes:
         print(f"compiling {stage} {args.batch}x{size}x{size} ...", flush=True)
-        compiled, state, batch, t_compile, n_params = _compile(args, stage, size, False, mesh)
+        remat = stage == "stage1" and size in remat_sizes
+        compiled, state, batch, t_compile, n_params = _compile(args, stage, size, remat, mesh)
         holder = [state]
 
         def run(compiled=compiled, holder=holder, batch=batch):
@@ -145,13 +159,14 @@ def main():
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
         add({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
-             "remat": False, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
+             "remat": remat, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
              "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
              "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
         del compiled, state, batch, holder, run
     if args.memory_size and "stage1" in args.stages.split(","):
       for remat in (False, True):
-        if not remat and any(r["stage"] == "stage1" and r["input"].endswith(f"x{args.memory_size}") for r in rows):
+        if any(r["stage"] == "stage1" and r["remat"] == remat and r["input"].endswith(f"x{args.memory_size}")
+               for r in rows):
           continue  # measured (and run) above
         print(f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True)
         compiled, _, _, t_compile, n_params = _compile(args, "stage1", args.memory_size, remat, mesh)
@@ -164,6 +179,7 @@ def main():
           "MFU", "args_MiB", "temp_MiB", "peak_MiB"]
   name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
   report(name, rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
+                                  "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
                                   "peak_tflops_per_device": peak,
                                   "memory_note": "XLA compiled memory analysis per device: "
                                   "peak = arguments + outputs - donated (aliased) + temporaries"})

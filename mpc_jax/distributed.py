@@ -7,7 +7,9 @@ local devices, and on several hosts.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import signal
 import threading
 
@@ -15,6 +17,37 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
+
+
+_KEEP_BARRIERS = "--xla_disable_hlo_passes=cse_barrier_expander"
+
+
+def keep_remat_barriers_on_cpu() -> bool:
+  """Makes rematerialisation save memory on XLA:CPU; call before JAX creates its backends.
+
+  `jax.checkpoint` (`nnx.remat`) keeps its recomputation apart with optimization barriers. XLA:CPU
+  expands those barriers early and common-subexpression elimination then merges the recomputation
+  back into the forward pass, so a rematerialised step on the CPU stores every activation anyway
+  (the same XLA peak as without remat). Disabling the pass `cse_barrier_expander` keeps them.
+  Applied only when the CPU is certainly the backend (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin
+  installed); returns whether `XLA_FLAGS` now holds the flag.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if _KEEP_BARRIERS in flags:
+    return True
+  platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
+  accelerator = any(importlib.util.find_spec(m) is not None for m in (
+      "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu"))
+  if platforms.strip().lower() != "cpu" and (accelerator or platforms):
+    return False
+  from jax._src import xla_bridge  # no public API says whether the backends exist yet
+
+  if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
+    logging.warning("remat on CPU: JAX's backends already exist, so XLA_FLAGS=%s cannot take effect "
+                    "in this process; rematerialisation will save no memory on the CPU", _KEEP_BARRIERS)
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {_KEEP_BARRIERS}".strip()
+  return True
 
 
 def maybe_initialize(cfg) -> None:

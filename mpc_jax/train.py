@@ -96,7 +96,8 @@ def build_model(config):
   dpr = m.get("drop_path_rate", None)
   hrformer = json.loads(m.hrformer_json) if m.get("hrformer_json", "") else m.hrformer
   model = build_mpc(hrformer, m.head, dtype=m.get("dtype", "float32"), seed=int(config.seed),
-                    drop_path_rate=None if dpr is None or dpr < 0 else float(dpr))
+                    drop_path_rate=None if dpr is None or dpr < 0 else float(dpr),
+                    remat=bool(m.get("remat", False)))
   return model
 
 
@@ -207,16 +208,15 @@ def merge_model(parts: Parts, state: TrainState, train: bool = True):
   return nnx.merge(g, state.params, state.frozen, state.rest, copy=True)
 
 
-def _features_fn(graphdef, remat: bool):
-  """(params, frozen, rest, images) -> (4 L2-normalised maps, new rest), optionally rematerialised."""
+def _features_fn(graphdef):
+  """(params, frozen, rest, images) -> (4 L2-normalised maps, new rest)."""
   def fn(params, frozen, rest, images):
     model = nnx.merge(graphdef, params, frozen, rest, copy=True)
     feats = [l2_normalize(f.astype(jnp.float32)) for f in model.features(images)]
     return feats, _split_rest(model)
   # An inner jit: the stage-1 step calls this twice, and tracing the backbone once instead of twice
   # cuts the step's lowering time about 6x (hrt_tiny on CPU: 47 s -> 8 s); the program is the same.
-  fn = jax.jit(fn)
-  return jax.checkpoint(fn) if remat else fn
+  return jax.jit(fn)
 
 
 def _split_rest(model):
@@ -227,7 +227,7 @@ def _split_rest(model):
 def make_stage1_step(parts: Parts, config, mesh):
   """Jitted `(state, batch) -> (state, metrics)` for the multi-view pixel contrast."""
   lcfg = config.stage1.loss
-  feats = _features_fn(parts.graphdef_train, bool(config.model.get("remat", False)))
+  feats = _features_fn(parts.graphdef_train)
   loss_key = jax.random.key(int(config.seed) + 1009)
   kw = dict(num_samples=int(lcfg.num_samples), temperature=float(lcfg.temperature),
             chunk_size=int(lcfg.get("chunk_size", 1024)))
@@ -527,6 +527,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   Returns the final metrics (or `{'preempted': step}` when stopped by SIGTERM)."""
   workdir = pathlib.Path(workdir).absolute()
+  if config.model.get("remat", False):
+    distributed.keep_remat_barriers_on_cpu()
   distributed.maybe_initialize(config.get("distributed", None))
   if config.get("compilation_cache_dir", ""):
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)

@@ -70,9 +70,10 @@ def _first_step(config, mesh, batch):
   return state, {k: float(v) for k, v in m.items()}
 
 
-def test_stage1_global_negatives_and_bfloat16_steps(setup):
+def test_stage1_global_negatives_bfloat16_and_remat_steps(setup):
   """In the jitted step: 'global' negatives only add negatives to the intra term (so it grows and
-  the other terms stay), and bfloat16 compute keeps float32 parameters and tracks the f32 loss."""
+  the other terms stay), bfloat16 compute keeps float32 parameters and tracks the f32 loss, and
+  the rematerialised backbone gives the same loss parts and gradient norm."""
   config, mesh = setup
   with jax.set_mesh(mesh):
     batch = _batches(config, mesh, 1, seed=3)[0]
@@ -84,6 +85,12 @@ def test_stage1_global_negatives_and_bfloat16_steps(setup):
     half = config.copy_and_resolve_references()
     half.model.dtype = "bfloat16"
     state_h, low = _first_step(half, mesh, batch)
+    remat = config.copy_and_resolve_references()
+    remat.model.remat = True
+    assert train.build_model(remat).backbone.remat
+    _, rem = _first_step(remat, mesh, batch)
+  for k in ("loss/total", "loss/intra", "loss/cross_scale", "loss/cross_modality", "grad_norm"):
+    np.testing.assert_allclose(rem[k], ref[k], rtol=1e-5)
   assert got["loss/intra"] > ref["loss/intra"] + 1e-3
   for k in ("loss/cross_scale", "loss/cross_modality"):
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)

@@ -291,18 +291,31 @@ def _run_transition(layer, x):
   return run_sequence(layer, x)
 
 
+def _call(module, x):
+  return module(x)
+
+
+# A module call whose activations are recomputed in the backward pass instead of stored: only its
+# input is kept. State updates (BatchNorm statistics, the drop-path RNG count) come out as usual.
+_remat_call = nnx.remat(_call)
+
+
 class HRFormer(nnx.Module):
   """The backbone: stem (two stride-2 3x3 convs), stage 1 bottlenecks, stages 2-4, 1x1 heads.
 
   `__call__(images [B, H, W, 3]) -> [4 x [B, h_s, w_s, 256]]`, before any L2 normalisation.
+  With `remat`, every stage-1 bottleneck and every HRModule is rematerialised (`nnx.remat`): the
+  backward pass keeps only their inputs and recomputes the rest, one module at a time; the values
+  and gradients are unchanged.
   """
 
-  def __init__(self, config=None, *, init: Init, dtype=jnp.float32, drop_path_rate=None):
+  def __init__(self, config=None, *, init: Init, dtype=jnp.float32, drop_path_rate=None, remat=False):
     cfg = get_hrformer_config(config)
     if drop_path_rate is not None:
       cfg["DROP_PATH_RATE"] = float(drop_path_rate)
     self.config = cfg
     self.dtype = dtype
+    self.remat = bool(remat)
     self.conv1 = conv(3, 64, 3, stride=2, padding=1, bias=False, dtype=dtype, init=init)
     self.bn1 = BatchNorm(64)
     self.conv2 = conv(64, 64, 3, stride=2, padding=1, bias=False, dtype=dtype, init=init)
@@ -337,13 +350,15 @@ class HRFormer(nnx.Module):
     x = images.astype(self.dtype)
     x = jax.nn.relu(self.bn1(self.conv1(x)))
     x = jax.nn.relu(self.bn2(self.conv2(x)))
-    x = run_sequence(self.layer1, x)
+    call = _remat_call if self.remat else _call
+    for block in self.layer1:
+      x = call(block, x)
     ys = [x]
     for transition, stage in ((self.transition1, self.stage2), (self.transition2, self.stage3),
                               (self.transition3, self.stage4)):
       xs = [_run_transition(t, ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
       for module in stage:
-        xs = module(xs)
+        xs = call(module, xs)
       ys = xs
     return [jax.nn.relu(c["bn"](c["conv"](y))) for c, y in zip(self.convs, ys)]
 
