@@ -2,7 +2,7 @@
 
   python bench/bench_train.py [--config hrt_base] [--sizes 256,512] [--batch 2] [--repeats 3]
          [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
-         [--remat-sizes 512] [--peak-tflops X] [--out NAME]
+         [--remat-sizes 512] [--depthwise auto] [--peak-tflops X] [--out NAME]
 
 For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
 (AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
@@ -24,6 +24,7 @@ rows at the `--remat-sizes` run rematerialised (sizes whose plain step does not 
 Prints each row as it is measured, then a table, and writes bench/results/NAME.json (default name
 `train_PLATFORM_CONFIG_DTYPE`).
 
+`--depthwise` picks how depth-wise convolutions run (`layers.DEPTHWISE_IMPL`: 'xla', 'shift', 'auto').
 Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
 per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
 (the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
@@ -40,7 +41,7 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import report, time_fn  # noqa: E402
 
 from mpc_jax import distributed, train  # noqa: E402
-from mpc_jax.models import count_params  # noqa: E402
+from mpc_jax.models import count_params, layers  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
 
@@ -120,6 +121,8 @@ def main():
   p.add_argument("--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)")
   p.add_argument("--num-samples", type=int, default=5000, help="stage-1 loss: pixels per sampled set")
   p.add_argument("--remat-sizes", default="", help="sides whose timed stage-1 rows run with remat")
+  p.add_argument("--depthwise", default="xla", choices=("auto", "shift", "xla"),
+                 help="depth-wise convolutions: XLA's grouped conv, shifted adds, or auto (shift on CPU)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)")
@@ -134,6 +137,7 @@ def main():
   except ValueError:
     p.error(f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}")
   distributed.keep_remat_barriers_on_cpu()  # before the backends exist; a no-op off the CPU
+  layers.DEPTHWISE_IMPL = args.depthwise
   mesh = distributed.make_mesh()
   peak = args.peak_tflops or _peak_tflops(args.dtype)
   rows = []

@@ -15,6 +15,7 @@ from flax import nnx
 from mpc_jax.checkpoint import load_model, save_model
 from mpc_jax.convert import from_torch_state_dict
 from mpc_jax.models import HRFORMER_CONFIGS, build_mpc, count_params, get_hrformer_config, output_size
+from mpc_jax.models import layers
 
 # A very small config on the same code path: 3 windows of 5 so odd sizes need padding.
 MICRO = copy.deepcopy(HRFORMER_CONFIGS["hrt_tiny"])
@@ -188,3 +189,43 @@ def test_remat_gives_same_values_and_gradients_with_less_memory():
   assert res["n_rest"] > 10 and res["rest_diff"] <= 1e-5, res
   plain, remat = res["temp"]
   assert remat < 0.7 * plain, f"remat should cut XLA's temporaries: {remat} vs {plain} bytes"
+
+
+@pytest.mark.parametrize("hw,stride,padding", [((9, 13), 1, 1), ((16, 16), 2, 1), ((11, 7), 2, 0), ((6, 10), 1, 0)])
+def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
+  """Values and gradients (input and kernel) of the shifted form equal XLA's grouped convolution."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, *hw, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 6)), jnp.float32)
+
+  def grouped(x, k):
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), ((padding, padding),) * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+
+  def shifted(x, k):
+    return layers.depthwise_conv(x, k, stride, padding)
+
+  want, got = grouped(x, kernel), shifted(x, kernel)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  ct = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  for g_want, g_got in zip(jax.vjp(grouped, x, kernel)[1](ct), jax.vjp(shifted, x, kernel)[1](ct)):
+    np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-4)
+  half = layers.depthwise_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), stride, padding)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), want, rtol=0.05, atol=0.05)
+
+
+def test_depthwise_impl_switch(monkeypatch):
+  """Both depth-wise implementations give the same model output; a bad setting names itself."""
+  model = build_mpc(MICRO, seed=0)
+  model.eval()
+  images = jax.random.uniform(jax.random.key(4), (1, 40, 56, 3))
+  outs = {}
+  for impl in ("shift", "xla"):
+    monkeypatch.setattr(layers, "DEPTHWISE_IMPL", impl)
+    outs[impl] = np.asarray(model(images))
+  np.testing.assert_allclose(outs["shift"], outs["xla"], rtol=1e-4, atol=1e-5)
+  monkeypatch.setattr(layers, "DEPTHWISE_IMPL", "fast")
+  with pytest.raises(ValueError, match="DEPTHWISE_IMPL"):
+    model(images)

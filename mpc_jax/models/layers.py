@@ -34,11 +34,50 @@ class Init:
     return jnp.asarray((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
 
 
+# How depth-wise convolutions (groups == channels) run: 'xla' (XLA's grouped convolution, the
+# default), 'shift' (`depthwise_conv`) or 'auto' ('shift' on the CPU, 'xla' elsewhere). On the CPU
+# the shifted form is 6-15x faster forward and 9-30x faster backward at HRT-base's shapes
+# (`bench/bench_depthwise.py`), but under autodiff XLA keeps its 9 shifted taps for the backward
+# pass, so a training step stores more (HRT-base stage 1 at 256 px: 14.1 vs 10.3 GB) and compiles
+# longer (`bench/results/train_cpu_hrt_base_float32_shift_depthwise.json`). Choose 'shift' on the
+# CPU for prediction, evaluation and frozen-backbone stage 2, or with remat. Read when a function is
+# traced: set it before the first jitted call.
+DEPTHWISE_IMPL = "xla"
+
+
+def depthwise_conv(x, kernel, stride: int, padding: int):
+  """Depth-wise 2D convolution as `kh * kw` shifted multiply-adds, accumulated in float32.
+
+  `x [B, H, W, C]`, `kernel [kh, kw, 1, C]` -> `[B, H', W', C]` in `x.dtype`, the same as
+  `conv_general_dilated(..., feature_group_count=C)` (PyTorch's zero padding and output size).
+  """
+  b, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  p, s = padding, stride
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+  k = kernel.astype(jnp.float32)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = jax.lax.slice(xp, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
+      term = tap.astype(jnp.float32) * k[i, j, 0]
+      out = term if out is None else out + term
+  return out.astype(x.dtype)
+
+
+def _use_shifted_depthwise() -> bool:
+  if DEPTHWISE_IMPL not in ("auto", "shift", "xla"):
+    raise ValueError(f"layers.DEPTHWISE_IMPL must be 'auto', 'shift' or 'xla', got {DEPTHWISE_IMPL!r}")
+  return DEPTHWISE_IMPL == "shift" or (DEPTHWISE_IMPL == "auto" and jax.default_backend() == "cpu")
+
+
 class Conv(nnx.Module):
   """2D convolution `[B, H, W, cin] -> [B, H', W', cout]` with PyTorch's padding arithmetic.
 
   `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
-  +-1/sqrt(fan_in), bias too); compute runs in `dtype`.
+  +-1/sqrt(fan_in), bias too); compute runs in `dtype`. Depth-wise convolutions (`groups == cin
+  == cout`) may run as `depthwise_conv` (see `DEPTHWISE_IMPL`).
   """
 
   def __init__(self, cin, cout, k, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
@@ -49,9 +88,13 @@ class Conv(nnx.Module):
 
   def __call__(self, x):
     p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride),
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    kernel = self.kernel[...]
+    if self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and _use_shifted_depthwise():
+      y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
+          ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
