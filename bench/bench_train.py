@@ -2,7 +2,7 @@
 
   python bench/bench_train.py [--config hrt_base] [--sizes 256,512] [--batch 2] [--repeats 3]
          [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
-         [--remat-sizes 512] [--depthwise auto] [--peak-tflops X] [--out NAME]
+         [--remat-sizes 512] [--depthwise xla] [--peak-tflops X] [--out NAME]
 
 For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
 (AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
@@ -13,7 +13,7 @@ compiled step per device (arguments + outputs - aliased (donated) + temporaries:
 allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`)
 an MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32).
 XLA counts a loop body once, so the stage-1 loss's chunk loop (`lax.map`) counts as one chunk: the
-FLOP and MFU columns are lower bounds (by about 13% for stage 1 at 256 px, 5% at 512 px).
+FLOP and MFU columns are lower bounds (the loss runs 4 chunks of 1024 negatives at 256 px, 5 at 512).
 At `--memory-size` (512; 0 skips) the stage-1 step is also compiled, not run, with and without
 rematerialisation (`config.model.remat`: every stage-1 bottleneck and HRModule of the backbone
 under `nnx.remat`); stage 2 with the backbone frozen stores no backbone activations, so remat
