@@ -18,13 +18,11 @@ import numpy as np
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import report, time_fn  # noqa: E402
 
-from mpc_jax.models.layers import depthwise_conv  # noqa: E402
+from mpc_jax.models.layers import depthwise_conv, grouped_conv  # noqa: E402
 
 
 def xla_depthwise(x, kernel, stride, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=x.shape[-1])
+  return grouped_conv(x, kernel, stride, padding, groups=x.shape[-1])
 
 
 def main():

@@ -199,8 +199,7 @@ def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
   kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 6)), jnp.float32)
 
   def grouped(x, k):
-    return jax.lax.conv_general_dilated(x, k, (stride, stride), ((padding, padding),) * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+    return layers.grouped_conv(x, k, stride, padding, groups=6)
 
   def shifted(x, k):
     return layers.depthwise_conv(x, k, stride, padding)

@@ -49,7 +49,7 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
   """Depth-wise 2D convolution as `kh * kw` shifted multiply-adds, accumulated in float32.
 
   `x [B, H, W, C]`, `kernel [kh, kw, 1, C]` -> `[B, H', W', C]` in `x.dtype`, the same as
-  `conv_general_dilated(..., feature_group_count=C)` (PyTorch's zero padding and output size).
+  `grouped_conv(x, kernel, stride, padding, groups=C)`.
   """
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
@@ -64,6 +64,14 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
       term = tap.astype(jnp.float32) * k[i, j, 0]
       out = term if out is None else out + term
   return out.astype(x.dtype)
+
+
+def grouped_conv(x, kernel, stride: int, padding: int, groups: int = 1):
+  """XLA's 2D convolution in NHWC/HWIO with PyTorch's symmetric zero padding: `x [B, H, W, cin]`,
+  `kernel [kh, kw, cin / groups, cout]` -> `[B, H', W', cout]`."""
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
 def _use_shifted_depthwise() -> bool:
@@ -92,9 +100,7 @@ class Conv(nnx.Module):
     if self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and _use_shifted_depthwise():
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
     else:
-      y = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-          ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+      y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p, self.groups)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
