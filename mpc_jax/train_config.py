@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
       hrformer="hrt_base", hrformer_json="",  # preset name, or a yacs-layout dict as JSON
       head="catnet", drop_path_rate=-1.0,  # < 0: the preset's rate
       dtype="float32",  # compute dtype: float32 or bfloat16 (parameters stay float32)
-      remat=False))     # rematerialise the backbone module by module: less memory, ~10% more compute
+      remat=False,      # rematerialise the backbone module by module: less memory, ~10% more compute
+      scan_layers="auto"))  # repeated modules as jax.lax.scan: 'auto' (not on the CPU), 'true', 'false'
   data = default_data_config().to_dict()
   data["val_sources"] = tuple(data.get("val_sources") or ())  # a tuple: overridable on the command line
   c.data = ml_collections.ConfigDict(data)
@@ -69,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh_devices = -1               # devices on the 'data' axis (-1: all)
   c.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1, local_device_ids=""))
-  c.compilation_cache_dir = ""
+  c.compilation_cache_dir = ""     # "": $MPC_JAX_COMPILATION_CACHE or ~/.cache/mpc_jax/jax; "off"
   c.export_models = True            # write model_best / model_latest for eval/predict
   c.final_eval = True               # evaluate the final model on data.val_sources
   c.result_file = "final_result.json"
