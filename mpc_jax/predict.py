@@ -423,10 +423,11 @@ def prefetch(iterable: Iterable, size: int = 4) -> Iterator:
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """uint8 [H, W, 3]: the image with the mask's pixels tinted red."""
-    img = np.asarray(image, np.float32)
-    m = (np.asarray(mask) > 0)[..., None] * alpha
+    out = np.array(image, np.uint8)
+    m = np.asarray(mask) > 0
     red = np.array([255.0, 0.0, 0.0], np.float32)
-    return np.clip(img * (1 - m) + red * m, 0, 255).astype(np.uint8)
+    out[m] = np.clip(out[m] * np.float32(1 - alpha) + red * np.float32(alpha), 0, 255).astype(np.uint8)
+    return out
 
 
 def write_outputs(out_dir: str, stem: str, image: np.ndarray, res: dict, with_overlay: bool = True) -> None:

@@ -473,6 +473,9 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--difficulty", type=float, default=0.5, help="0 = loud traces (demo) ... 1 = hard (default 0.5)")
     p.add_argument("--authentic-prob", type=float, default=0.1, help="fraction of authentic images (default 0.1)")
+    from mpc_jax.main import add_common_args
+
+    add_common_args(p)
     a = p.parse_args(argv)
     if a.num <= 0:
         p.error("--num must be positive")
