@@ -203,3 +203,22 @@ def test_train_console_lines_once_and_summary(tmp_path):
       tags |= {v.tag for v in event.summary.value}
   assert "stage2/steps_per_sec" in tags and "stage2/uptime" in tags
   assert "steps_per_sec" not in tags and "uptime" not in tags
+
+
+def test_training_size_from_the_workdir_and_saved_config_wins(ws, tmp_path):
+  from mpc_jax.checkpoint import read_model_config
+  from mpc_jax.train_cli import use_saved_model_config
+  from train_testlib import tiny_config
+
+  work = tmp_path / "work"
+  shutil.copytree(ws / "models" / "tiny", work / "stage1" / "model_best")
+  f = work / "stage1" / "model_best" / "model_config.json"
+  f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "training"}))
+  (work / "config.json").write_text(json.dumps({"stages": ["stage1", "stage2"], "data": {"input_size": 48},
+                                                "stage1": {"data_overrides": {}}}))
+  assert read_model_config(work / "stage1" / "model_best")["training"] == {"input_size": 48, "stage": "stage1"}
+  c = tiny_config(("stage2",))
+  c.model.hrformer, c.model.hrformer_json = "hrt_tiny", ""
+  c.stage2.init_from = str(ws / "models" / "win4")
+  use_saved_model_config(c)
+  assert json.loads(c.model.hrformer_json)["STAGE3"]["NUM_WINDOW_SIZES"] == [4, 4, 4]
