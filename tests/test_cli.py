@@ -222,3 +222,11 @@ def test_training_size_from_the_workdir_and_saved_config_wins(ws, tmp_path):
   c.stage2.init_from = str(ws / "models" / "win4")
   use_saved_model_config(c)
   assert json.loads(c.model.hrformer_json)["STAGE3"]["NUM_WINDOW_SIZES"] == [4, 4, 4]
+
+
+def test_synthetic_photos_load_without_libpng_warning(capfd, monkeypatch):
+  from mpc_jax.data import synthetic
+
+  monkeypatch.setattr(synthetic, "_POOL", None)
+  assert len(synthetic.natural_images()) > 10
+  assert "libpng" not in capfd.readouterr().err
