@@ -143,7 +143,9 @@ def summary(config, workdir: pathlib.Path, result: dict) -> str:
     lines.append(f"  samples      {workdir / 'samples'}/")
   lines.append(f"  checkpoints  {', '.join(str(workdir / s / 'checkpoints') for s in config.stages)}")
   lines.append(f"  TensorBoard  tensorboard --logdir {workdir}")
-  if models:
+  if models and list(config.stages)[-1] == "stage1":
+    lines.append(f"next: stage 2 from this backbone, --config.stage2.init_from={workdir} (its head is untrained)")
+  elif models:
     lines.append(f"next: mpc-jax predict IMAGES --checkpoint {workdir} --out predictions/")
   return "\n".join(lines)
 
