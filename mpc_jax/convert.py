@@ -247,7 +247,8 @@ def cli_main(argv) -> int:
                            "file with the yacs layout, or a model's model_config.json (or its folder); the "
                            "attention window sizes are taken from the weights")
   parser.add_argument("--input-size", type=int, default=512,
-                      help="the image size the weights were trained at, recorded for eval/predict (512: the official ones)")
+                      help="the image size the weights were trained at, recorded for eval/predict "
+                           "(512: the official ones)")
   parser.add_argument("--export-npz", default=None, help="also write the round-trip export here")
   add_common_args(parser)
   args = parser.parse_args(argv)

@@ -298,7 +298,8 @@ def predict_stream(model, items: Iterable[tuple[Any, Any]], cfg: PredictConfig |
 
     `items`: iterable of `(key, image)` or `(key, image, out_hw)`; image is uint8/float [H, W, 3], or an
     Exception (passed through). Yields `(key, prob float32)` in input order, prob at `out_hw` (default the
-    image's size), or `(key, Exception)` for an image that could not be run. Buffers up to `chunk_windows` windows (default 4 * batch_size) before running.
+    image's size), or `(key, Exception)` for an image that could not be run. Buffers up to `chunk_windows`
+    windows (default 4 * batch_size) before running.
     `progress(n)` is called as work completes, `n` in images (a tile of an image cut in k counts 1/k)."""
     cfg = resolve_config(cfg, model)
     pred = as_predictor(model, cfg.batch_size)
@@ -498,7 +499,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR",
                    help="model folder from `mpc-jax convert` or training (WORKDIR/model_best), or a training workdir")
     p.add_argument("--random-init", metavar="PRESET", default=None,
-                   help="no checkpoint: a randomly initialised model of this HRFormer preset, e.g. hrt_tiny (smoke tests, speed)")
+                   help="no checkpoint: a randomly initialised model of this HRFormer preset, e.g. hrt_tiny "
+                        "(smoke tests, speed)")
 
 
 def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, *aliases: str) -> None:
