@@ -26,7 +26,13 @@ CATNET_SOURCES = [
 ]
 
 
+VARIANTS = ("catnet_stage1", "catnet_stage2", "casiav2_stage1", "casiav2_stage2")
+
+
 def get_config(arg="catnet_stage1"):
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/paper.py; use one of: "
+                     + ", ".join(f"configs/paper.py:{v}" for v in VARIANTS))
   scale, stage = arg.split("_")
   c = base_config()
   c.model.hrformer = "hrt_base"
@@ -38,12 +44,10 @@ def get_config(arg="catnet_stage1"):
     c.data.sources = CATNET_SOURCES
     c.data.val_sources = (FLIST + "CASIAv1_920.npy", FLIST + "DSO_100.npy")
     eval_every, num_steps = 2_100, 300_000
-  elif scale == "casiav2":
+  else:
     c.data.sources = [{"spec": FLIST + "CASIA2_5123.npy", "weight": 1.0}]
     c.data.val_sources = (FLIST + "CASIAv1_920.npy",)
     eval_every, num_steps = 128, 40_000
-  else:
-    raise ValueError(f"unknown scale {scale!r}: use catnet_stage1/2 or casiav2_stage1/2")
   c.stages = (stage,)
   for s in ("stage1", "stage2"):
     c[s].batch_size = 4

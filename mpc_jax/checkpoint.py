@@ -1,14 +1,16 @@
 """Model checkpoints that every tool reads: `save_model(model, dir)` / `load_model(dir)`.
 
-A model directory holds `model_config.json` (HRFormer config, head, format) and an orbax
-checkpoint `state/` of the parameters, BatchNorm statistics and batch counters. `load_model`
-also accepts a training workdir, where it takes `model_best` (else `model_latest`).
+A model directory holds `model_config.json` (HRFormer config, head, format, and `training`: the
+input size the model was trained at and its last stage) and an orbax checkpoint `state/` of the
+parameters, BatchNorm statistics and batch counters. `load_model` also accepts a training workdir,
+where it takes `model_best` (else `model_latest`). Paths may be relative to the current directory.
 """
 from __future__ import annotations
 
 import json
 import pathlib
 import shutil
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +23,21 @@ from mpc_jax.models.layers import BatchCount
 
 FORMAT = "mpc-jax-model/1"
 _SAVED = nnx.Any(nnx.Param, nnx.BatchStat, BatchCount)
+_INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def model_config(model) -> dict:
-  return {"format": FORMAT, "hrformer_config": model.backbone.config, "head": model.head.variant}
+def model_config(model, training=None) -> dict:
+  cfg = {"format": FORMAT, "hrformer_config": model.backbone.config, "head": model.head.variant}
+  if training:
+    cfg["training"] = dict(training)
+  return cfg
 
 
-def save_model(model, path) -> pathlib.Path:
-  """Writes `model` (any mode) to directory `path`, replacing an existing model there atomically."""
-  path = pathlib.Path(path).absolute()
+def save_model(model, path, training=None) -> pathlib.Path:
+  """Writes `model` (any mode) to directory `path`, replacing an existing model there atomically.
+
+  `training`: what the model was trained for, e.g. `{"input_size": 512, "stage": "stage2"}`."""
+  path = pathlib.Path(path).expanduser().absolute()
   tmp = path.with_name(path.name + ".tmp")
   if tmp.exists():
     shutil.rmtree(tmp)
@@ -38,7 +46,7 @@ def save_model(model, path) -> pathlib.Path:
   arrays = jax.tree.map(np.asarray, arrays)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp / "state", arrays)
-  (tmp / "model_config.json").write_text(json.dumps(model_config(model), indent=1))
+  (tmp / "model_config.json").write_text(json.dumps(model_config(model, training), indent=1))
   if path.exists():
     old = path.with_name(path.name + ".old")
     if old.exists():
@@ -52,27 +60,76 @@ def save_model(model, path) -> pathlib.Path:
 
 
 def resolve_model_dir(path) -> pathlib.Path:
-  """The model directory inside `path` (itself, or a workdir's `model_best` / `model_latest`)."""
-  path = pathlib.Path(path)
+  """The absolute model directory inside `path` (itself, or a workdir's `model_best` / `model_latest`)."""
+  path = pathlib.Path(path).expanduser().absolute()
   for candidate in (path, path / "model_best", path / "model_latest"):
     if (candidate / "model_config.json").is_file():
       return candidate
-  raise FileNotFoundError(f"no mpc-jax model at {path} (expected model_config.json there or in "
-                          "model_best/ or model_latest/; convert PyTorch weights with `mpc-jax convert`)")
+  if not path.exists():
+    raise FileNotFoundError(f"model folder {path} does not exist")
+  raise FileNotFoundError(f"no mpc-jax model in {path} (expected model_config.json there or in model_best/ or "
+                          "model_latest/); convert official weights with `mpc-jax convert WEIGHTS --out DIR`")
+
+
+def read_model_config(path) -> dict:
+  """`model_config.json` of the model at `path`, with `training` filled in from the training workdir's
+  `config.json` when the model sits in one (`WORKDIR/model_*` or `WORKDIR/<stage>/model_*`)."""
+  mdir = resolve_model_dir(path)
+  try:
+    cfg = json.loads((mdir / "model_config.json").read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{mdir / 'model_config.json'} is not valid JSON ({e})") from None
+  if cfg.get("format") != FORMAT:
+    raise ValueError(f"{mdir}/model_config.json: unknown format {cfg.get('format')!r} (expected {FORMAT!r})")
+  if "training" not in cfg:
+    cfg["training"] = _training_from_workdir(mdir)
+  return cfg
+
+
+def _training_from_workdir(mdir: pathlib.Path) -> dict:
+  stages = ("stage1", "stage2")
+  if (mdir.parent / "config.json").is_file():
+    workdir, stage = mdir.parent, None
+  elif mdir.parent.name in stages and (mdir.parent.parent / "config.json").is_file():
+    workdir, stage = mdir.parent.parent, mdir.parent.name
+  else:
+    return {}
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+    stage = stage or list(config["stages"])[-1]
+    data = dict(config["data"])
+    data.update(config.get(stage, {}).get("data_overrides") or {})
+    return {"input_size": int(data["input_size"]), "stage": stage}
+  except (ValueError, KeyError, TypeError, IndexError):
+    return {}
+
+
+def training_info(model) -> dict:
+  """What a model returned by `load_model` was trained for: `input_size`, `stage` (empty when unknown)."""
+  return dict(_INFO.get(getattr(model, "model", model), {}))
+
+
+def record_training(path, training: dict) -> None:
+  """Adds `training` to the `model_config.json` of the model directory `path`."""
+  f = pathlib.Path(path) / "model_config.json"
+  cfg = json.loads(f.read_text())
+  cfg["training"] = dict(training)
+  f.write_text(json.dumps(cfg, indent=1))
 
 
 def load_model(path, *, dtype="float32"):
   """The model saved at `path` (a model dir or a training workdir), in eval mode."""
   mdir = resolve_model_dir(path)
-  cfg = json.loads((mdir / "model_config.json").read_text())
-  if cfg.get("format") != FORMAT:
-    raise ValueError(f"{mdir}/model_config.json: unknown format {cfg.get('format')!r}")
+  cfg = read_model_config(mdir)
   model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype)
   target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
+  if not (mdir / "state").is_dir():
+    raise FileNotFoundError(f"{mdir} holds model_config.json but no state/ folder: the export is incomplete")
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(mdir / "state", target)
   state = nnx.state(model, _SAVED)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, restored))
   nnx.update(model, state)
   model.eval()
+  _INFO[model] = dict(cfg.get("training") or {}, path=str(mdir))
   return model

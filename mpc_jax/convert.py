@@ -9,9 +9,11 @@ differ (conv `OIHW` <-> `HWIO`, linear `[out, in]` <-> `[in, out]`, BN `weight`/
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
-import os
 import pathlib
+import re
 import sys
 
 import jax.numpy as jnp
@@ -83,7 +85,8 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
     unexpected_head = sorted(k for k in sd if k.startswith("decoder."))
     if unexpected_head:
       raise ValueError(f"head=None (backbone only) but the state dict has {len(unexpected_head)} "
-                       f"decoder keys, e.g. {unexpected_head[:3]}; pass head='catnet' or 'casiav2'")
+                       f"decoder keys, e.g. {unexpected_head[:3]}; convert with --head catnet or --head casiav2 "
+                       "(head='catnet' / 'casiav2' in Python)")
   model = build_mpc(hrformer_config or "hrt_base", head or "catnet", dtype=dtype)
   ours = _flat_state(model)
   if head is None:
@@ -116,7 +119,7 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
       continue
     updates[path][index] = converted.astype(np.float32)
   if missing or unexpected or mismatched:
-    raise ValueError(_report(missing, unexpected, mismatched))
+    raise ValueError(_report(missing, unexpected, mismatched) + _hint(missing, mismatched, head))
   nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(updates[p]))) for p, v in flat]))
   model.eval()
   return model
@@ -138,6 +141,54 @@ def _report(missing, unexpected, mismatched, limit=20):
     return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
   return ("state dict does not match the model:" + block("missing keys", missing)
           + block("unexpected keys", unexpected) + block("mis-shaped keys", mismatched))
+
+
+def _hint(missing, mismatched, head) -> str:
+  if missing and all(k.startswith("decoder.") for k in missing):
+    return "\n  hint: backbone-only (stage-1) weights convert with --head none (head=None in Python)"
+  if mismatched and all(k.startswith("decoder.") for k in mismatched):
+    other = "casiav2" if head == "catnet" else "catnet"
+    return f"\n  hint: the head has other widths: try --head {other} (head='{other}' in Python)"
+  if any("relative_position" in k for k in mismatched):
+    return "\n  hint: other attention window sizes: pass the model's own config with --hrformer-config"
+  return ""
+
+
+_TABLE = re.compile(r"^encoder\.stage(\d)\.\d+\.branches\.(\d+)\..*relative_position_bias_table$")
+
+
+def windows_from_state_dict(state_dict, hrformer_config, head="catnet") -> tuple[dict, list[str]]:
+  """`hrformer_config` (a yacs-layout dict) with the attention window sizes the state dict's
+  relative-position tables hold; also the list of changes (`STAGEn.NUM_WINDOW_SIZES[b]: 7 -> 4`)."""
+  cfg, changes = copy.deepcopy(hrformer_config), []
+  for key, value in normalize_state_dict_keys(state_dict, head).items():
+    m = _TABLE.match(key)
+    stage = cfg.get(f"STAGE{m.group(1)}") if m else None
+    if stage is None or "NUM_WINDOW_SIZES" not in stage or int(m.group(2)) >= len(stage["NUM_WINDOW_SIZES"]):
+      continue
+    sizes, b, window = stage["NUM_WINDOW_SIZES"], int(m.group(2)), _window_of(np.shape(value))
+    if sizes[b] != window and (2 * window - 1) ** 2 == np.shape(value)[0]:
+      changes.append(f"STAGE{m.group(1)}.NUM_WINDOW_SIZES[{b}]: {sizes[b]} -> {window}")
+      sizes[b] = window
+  return cfg, changes
+
+
+def hrformer_config_arg(value: str):
+  """`--hrformer-config`: a preset name, a yacs-layout JSON file, or a model's `model_config.json` (or its folder)."""
+  path = pathlib.Path(value).expanduser()
+  if path.is_dir():
+    path = path / "model_config.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"--hrformer-config {value}: no model_config.json in that folder")
+  if not path.is_file():
+    if value.endswith(".json") or "/" in value:
+      raise FileNotFoundError(f"--hrformer-config {value}: no such file")
+    return value
+  try:
+    cfg = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--hrformer-config {value}: not valid JSON ({e})") from None
+  return cfg["hrformer_config"] if "hrformer_config" in cfg else cfg
 
 
 def to_torch_state_dict(model) -> dict:
@@ -193,30 +244,42 @@ def export_npz(model, path) -> None:
 
 
 def cli_main(argv) -> int:
+  from mpc_jax.main import add_common_args
+  from mpc_jax.models import get_hrformer_config
+
   parser = argparse.ArgumentParser(prog="mpc-jax convert", description=__doc__.splitlines()[0])
   parser.add_argument("input", help="official weights: .pth (needs torch), .npz or .safetensors")
   parser.add_argument("--out", required=True, help="output directory (an mpc-jax model checkpoint)")
   parser.add_argument("--head", default="catnet", choices=["catnet", "casiav2", "none"],
                       help="localization head of the weights; 'none' for a stage-1 backbone checkpoint")
   parser.add_argument("--hrformer-config", default="hrt_base",
-                      help="preset name (hrt_base, hrt_small, hrt_base_win13, hrt_base_win15, hrt_tiny) "
-                           "or a JSON file with the yacs layout")
+                      help="preset name (hrt_base, hrt_small, hrt_base_win13, hrt_base_win15, hrt_tiny), a JSON "
+                           "file with the yacs layout, or a model's model_config.json (or its folder); the "
+                           "attention window sizes are taken from the weights")
+  parser.add_argument("--input-size", type=int, default=512,
+                      help="the image size the weights were trained at, recorded for eval/predict "
+                           "(512: the official ones)")
   parser.add_argument("--export-npz", default=None, help="also write the round-trip export here")
+  add_common_args(parser)
   args = parser.parse_args(argv)
   from mpc_jax.checkpoint import save_model
-  config = args.hrformer_config
-  if os.path.isfile(config):
-    import json
-    config = json.loads(pathlib.Path(config).read_text())
   head = None if args.head == "none" else args.head
   try:
+    config = get_hrformer_config(hrformer_config_arg(args.hrformer_config))
     sd = load_state_dict_file(args.input)
+    config, changes = windows_from_state_dict(sd, config, head)
+    if changes:
+      print(f"mpc-jax convert: note: window sizes taken from the weights ({'; '.join(changes)})", file=sys.stderr)
     model = from_torch_state_dict(sd, config, head)
   except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"mpc-jax convert: {e}", file=sys.stderr)
+    print(f"mpc-jax convert: error: {e}", file=sys.stderr)
     return 1
-  save_model(model, args.out)
+  training = {"input_size": args.input_size, "stage": "stage1" if head is None else "stage2"}
+  save_model(model, args.out, training=training)
   print(f"converted {args.input} -> {args.out}")
+  if head is None:
+    print("note: a backbone-only (stage-1) model: its head is untrained; use it as "
+          "--config.stage2.init_from, not for predictions", file=sys.stderr)
   if args.export_npz:
     export_npz(model, args.export_npz)
     print(f"exported PyTorch-keyed arrays -> {args.export_npz}")

@@ -1,17 +1,19 @@
 """`mpc-jax eval`: one checkpoint on several test sets, the reference's protocol, robustness sweeps.
 
-    mpc-jax eval --checkpoint DIR --data SPEC [SPEC ...] [--out DIR] [--protocol resize|native]
-                 [--size 512] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
+    mpc-jax eval --checkpoint DIR --data SPEC [SPEC ...] [--out DIR] [--mode resize|native]
+                 [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
                  [--batch-size 4] [--bins 1000] [--limit N] [--skip-bad] [--save-masks]
                  [--perturb all | jpeg,resize,blur,noise | 'jpeg:100,70,50;blur:3,7'] [--seed 0]
 
 SPEC: a folder with images/ and masks/, `IMAGES_DIR:MASKS_DIR`, a .txt/.csv/.npy list, an IMDL-BenCo .json,
 `tfds:NAME[:SPLIT]` or `synthetic:N[:SEED[:SIZE]]`; `NAME=SPEC` names the row (default: the file/folder name).
 
-Protocol (default `resize`, the reference's `stage2/test.py`): the image is resized to 512x512 (bilinear,
-uint8), the 1/4-res probability map is resized to the ground truth's size (bilinear), thresholded at 0.5,
-and F1 / IoU are computed per image and averaged (see `mpc_jax.metrics`). `native` runs the image at its
-own resolution (bucketed padding, tiles above `--tile`; see `mpc_jax.predict`).
+Protocol (`--mode`, alias `--protocol`; the same flags and defaults as `mpc-jax predict`): `resize` (default,
+the reference's `stage2/test.py`): the image is resized to the size the model was trained at (`--size`; from
+the model's `model_config.json`, 512 as in the paper when unknown; bilinear, uint8), the 1/4-res probability
+map is resized to the ground truth's size (bilinear), thresholded at 0.5, and F1 / IoU are computed per image
+and averaged (see `mpc_jax.metrics`). `native` runs the image at its own resolution (bucketed padding, tiles
+above `--tile`; see `mpc_jax.predict`).
 
 Writes to `--out`: `results.md`, `results.csv`, `results.json` (one row per dataset x perturbation x
 strength), `per_image/<run>.csv`, with `--save-masks` `masks/<run>/<stem>.png` (0/255 at the mask's
@@ -37,8 +39,8 @@ import numpy as np
 
 from mpc_jax import perturb as perturb_lib
 from mpc_jax.metrics import DEFAULT_BINS, Evaluator
-from mpc_jax.predict import (PredictConfig, add_model_args, add_predict_args, as_predictor,
-                             config_from_args, load_model_from_args, predict_stream, prefetch)
+from mpc_jax.predict import (PredictConfig, add_model_args, add_predict_args, as_predictor, check_model_use,
+                             config_from_args, load_model_from_args, predict_stream, prefetch, resolve_config)
 
 
 def dataset_name(spec: str) -> tuple[str, str]:
@@ -72,7 +74,7 @@ def evaluate_source(model, source, *, name: str = "data", cfg: PredictConfig | N
     (a `None` record is skipped as bad). The perturbation is applied to the image before prediction.
     Returns dict(dataset, perturbation, strength, summary=Evaluator.summary(), per_image=[rows],
     n_failed, failures=[(path, reason)], seconds, images_per_s)."""
-    cfg = (cfg or PredictConfig(mode="resize")).validate()
+    cfg = resolve_config(cfg, model)
     threshold = cfg.threshold if threshold is None else threshold
     ev = Evaluator(threshold=threshold, bins=bins)
     n = len(source) if limit is None else min(limit, len(source))
@@ -118,7 +120,7 @@ def evaluate(model, specs: Sequence[str], *, cfg: PredictConfig | None = None, p
     Returns the list of `evaluate_source` results (dataset load errors give a result with `error`)."""
     from mpc_jax.data.sources import source_from_spec
 
-    cfg = (cfg or PredictConfig(mode="resize")).validate()
+    cfg = resolve_config(cfg, model)
     pred = as_predictor(model, cfg.batch_size)
     results = []
     used: set[str] = set()
@@ -309,12 +311,14 @@ def plot_robustness(results: Sequence[dict], out_dir: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- CLI
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """`mpc-jax eval`: exit 0 on success, 1 when a dataset or run failed, 2 on usage errors."""
+    from mpc_jax.main import add_common_args
+
     p = argparse.ArgumentParser(prog="mpc-jax eval", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SPEC",
                    help="test sets: folder (images/ + masks/), list .txt/.csv/.npy/.json, tfds:NAME[:SPLIT]; NAME=SPEC to name one")
     p.add_argument("--out", default=None, help="output folder (default eval_<timestamp>)")
-    add_predict_args(p, PredictConfig(mode="resize"), mode_flag="--protocol")
+    add_predict_args(p, PredictConfig(), "--protocol")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="score histogram bins (best-threshold F1, AUC)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of each set")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable examples (counted) instead of stopping")
@@ -322,7 +326,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--perturb", action="append", default=None, metavar="SPEC",
                    help="robustness sweep: all | jpeg,resize,blur,noise,noise_sigma | 'jpeg:100,70;blur:3,7'")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise perturbation")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common_args(p)
     args = p.parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -331,6 +336,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     out = args.out or datetime.datetime.now().strftime("eval_%Y%m%d_%H%M%S")
     model = load_model_from_args(args)
+    check_model_use(model, cfg, p.prog)
+    cfg = resolve_config(cfg, model)
+    if cfg.mode == "resize":
+        print(f"{p.prog}: protocol resize to {cfg.size}x{cfg.size} px", file=sys.stderr)
     results = evaluate(model, args.data, cfg=cfg, perturbations=perturbations, bins=args.bins, limit=args.limit,
                        seed=args.seed, skip_bad=args.skip_bad, out_dir=out, save_masks=args.save_masks,
                        progress=not args.no_progress)

@@ -1,6 +1,6 @@
 """Forgery maps for images of any size: `mpc-jax predict`, and `predict_arrays` / `predict_paths` for notebooks.
 
-    mpc-jax predict IMAGE_OR_DIR... --checkpoint DIR --out DIR [--mode native|resize] [--size 512]
+    mpc-jax predict IMAGE_OR_DIR... --checkpoint DIR --out DIR [--mode resize|native] [--size S]
                     [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
                     [--batch-size 4] [--recursive] [--no-overlay]
 
@@ -9,14 +9,17 @@ For each input: `<stem>_prob.png` (probability x 255, 8 bit, at the input's size
 `path<TAB>score` on stdout (score = max of the map) and `scores.csv`. Unreadable files are reported on
 stderr by name, the others still processed; exit status 1 when any failed.
 
-How an image is run (`PredictConfig`):
-* `mode='native'` (default): at the input's own resolution. Each side is padded (reflect) up to a bucket
+How an image is run (`PredictConfig`; `mpc-jax eval` uses the same flags and defaults):
+* `mode='resize'` (default): the reference protocol, as the model was trained: resize to `size x size`
+  (bilinear, on uint8), predict, upsample the 1/4-res map to the input's size (bilinear). `size=None`
+  (default) is the input size the model was trained at (`training.input_size` in its
+  `model_config.json`, see `mpc_jax.checkpoint`), 512 (the paper's) when unknown. Any image size costs
+  one fixed-size forward pass.
+* `mode='native'`: at the input's own resolution. Each side is padded (reflect) up to a bucket
   size (`BUCKETS`: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...; at most 1.5x) so a folder of mixed
   sizes compiles a handful of programs. A side longer than `tile` is cut into `tile`-long windows with
   >= `overlap` px of overlap at 32-px-aligned offsets, blended with a linear ramp at 1/4 resolution
   (`large='tile'`), or the image is downscaled so its long side is `tile` (`large='downscale'`).
-* `mode='resize'`: the reference protocol: resize to `size x size` (bilinear, on uint8), predict, upsample
-  the 1/4-res map to the input's size (bilinear).
 Tiling is exact for a local model (tests: <= 1e-5); HRFormer's windowed attention sees less context in a
 tile, so tiled maps differ from untiled ones: on the random-init tiny model (logits scaled to unit spread,
 192 px image, 128 px tiles, 64 px overlap) mean |dp| ~0.07, max ~0.34, masks agree on ~85% of pixels
@@ -41,6 +44,7 @@ import cv2
 import numpy as np
 
 MIN_SIDE = 16
+DEFAULT_SIZE = 512  # the paper's input size: resize mode for models whose training size is unknown
 BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -48,8 +52,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".
 @dataclasses.dataclass
 class PredictConfig:
     """How images are fed to the model (see the module docstring)."""
-    mode: str = "native"        # 'native' | 'resize'
-    size: int = 512             # resize mode: the square input size
+    mode: str = "resize"        # 'resize' | 'native'
+    size: int | None = None     # resize mode: the square input size (None: the model's training size)
     tile: int = 1024            # native mode: longest side processed in one piece (multiple of 32)
     overlap: int = 128          # native mode: minimum overlap of neighbouring tiles (px; at most tile/2)
     large: str = "tile"         # native mode, sides > tile: 'tile' | 'downscale'
@@ -65,7 +69,7 @@ class PredictConfig:
             raise ValueError(f"tile must be a multiple of 32 and >= 64, got {self.tile}")
         if self.overlap < 0:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
-        if self.size < 32:
+        if self.size is not None and self.size < 32:
             raise ValueError(f"size must be >= 32, got {self.size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -140,6 +144,22 @@ class Predictor:
 
 def as_predictor(model, batch_size: int = 4) -> Predictor:
     return model if isinstance(model, Predictor) else Predictor(model, batch_size)
+
+
+def trained_size(model) -> int | None:
+    """The input size `model` (from `load_model`, or a Predictor of one) was trained at; None when unknown."""
+    from mpc_jax.checkpoint import training_info
+
+    size = training_info(model).get("input_size")
+    return int(size) if size else None
+
+
+def resolve_config(cfg: PredictConfig | None, model) -> PredictConfig:
+    """`cfg` validated, with `size=None` replaced by the model's training size (`DEFAULT_SIZE` when unknown)."""
+    cfg = (cfg or PredictConfig()).validate()
+    if cfg.size is None:
+        cfg = dataclasses.replace(cfg, size=trained_size(model) or DEFAULT_SIZE)
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------- plans
@@ -272,13 +292,16 @@ class _Job:
 
 
 def predict_stream(model, items: Iterable[tuple[Any, Any]], cfg: PredictConfig | None = None,
-                   chunk_windows: int | None = None) -> Iterator[tuple[Any, Any]]:
+                   chunk_windows: int | None = None, progress: Callable[[float], Any] | None = None
+                   ) -> Iterator[tuple[Any, Any]]:
     """Run many images, batching same-shape windows across images.
 
     `items`: iterable of `(key, image)` or `(key, image, out_hw)`; image is uint8/float [H, W, 3], or an
     Exception (passed through). Yields `(key, prob float32)` in input order, prob at `out_hw` (default the
-    image's size), or `(key, Exception)` for an image that could not be run. Buffers up to `chunk_windows` windows (default 4 * batch_size) before running."""
-    cfg = (cfg or PredictConfig()).validate()
+    image's size), or `(key, Exception)` for an image that could not be run. Buffers up to `chunk_windows`
+    windows (default 4 * batch_size) before running.
+    `progress(n)` is called as work completes, `n` in images (a tile of an image cut in k counts 1/k)."""
+    cfg = resolve_config(cfg, model)
     pred = as_predictor(model, cfg.batch_size)
     chunk_windows = chunk_windows or 4 * pred.batch_size
     pending: list[_Job | tuple[Any, Exception]] = []
@@ -296,10 +319,14 @@ def predict_stream(model, items: Iterable[tuple[Any, Any]], cfg: PredictConfig |
                 probs = pred(np.stack([job.window(i) for job, i in part]))
                 for (job, i), p in zip(part, probs):
                     job.put(i, p)
+                if progress is not None:
+                    progress(sum(1 / len(job.windows) for job, _ in part))
         for job in pending:
             if isinstance(job, _Job):
                 yield job.key, job.result()
             else:
+                if progress is not None:
+                    progress(1)
                 yield job
         pending.clear()
 
@@ -326,7 +353,7 @@ def predict_arrays(model, image, cfg: PredictConfig | None = None, **kwargs) -> 
 
     Returns dict(prob=float32 [H, W] in [0, 1], mask=uint8 [H, W] in {0, 1} (prob > threshold),
     score=float (max of prob)). Raises ValueError for an image too small (see `check_size`)."""
-    cfg = dataclasses.replace(cfg or PredictConfig(), **kwargs).validate()
+    cfg = resolve_config(dataclasses.replace(cfg or PredictConfig(), **kwargs), model)
     [(_, prob)] = list(predict_stream(model, [(0, image)], cfg))
     if isinstance(prob, Exception):
         raise prob
@@ -397,10 +424,11 @@ def prefetch(iterable: Iterable, size: int = 4) -> Iterator:
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """uint8 [H, W, 3]: the image with the mask's pixels tinted red."""
-    img = np.asarray(image, np.float32)
-    m = (np.asarray(mask) > 0)[..., None] * alpha
+    out = np.array(image, np.uint8)
+    m = np.asarray(mask) > 0
     red = np.array([255.0, 0.0, 0.0], np.float32)
-    return np.clip(img * (1 - m) + red * m, 0, 255).astype(np.uint8)
+    out[m] = np.clip(out[m] * np.float32(1 - alpha) + red * np.float32(alpha), 0, 255).astype(np.uint8)
+    return out
 
 
 def write_outputs(out_dir: str, stem: str, image: np.ndarray, res: dict, with_overlay: bool = True) -> None:
@@ -422,7 +450,7 @@ def predict_paths(model, paths: Sequence[str], cfg: PredictConfig | None = None,
     `path`, `stem`, `ok` (bool), `error` (str, when not ok), `score`, `height`, `width`, and with
     `keep_arrays` `prob` [H, W] float32 and `mask` [H, W] uint8. With `out_dir` the PNG/JPEG outputs are
     written there (see `write_outputs`). Unreadable files do not stop the others."""
-    cfg = dataclasses.replace(cfg or PredictConfig(), **kwargs).validate()
+    cfg = resolve_config(dataclasses.replace(cfg or PredictConfig(), **kwargs), model)
     files = list_inputs(paths, recursive)
     images: dict[int, np.ndarray] = {}
 
@@ -438,11 +466,12 @@ def predict_paths(model, paths: Sequence[str], cfg: PredictConfig | None = None,
             yield i, img
 
     results = []
-    it = predict_stream(model, prefetch(items()), cfg)
+    bar = None
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, total=len(files), desc="predict", unit="img", file=sys.stderr)
-    for i, prob in it:
+        bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
+    for i, prob in predict_stream(model, prefetch(items()), cfg, progress=bar.update if bar else None):
         path, stem = files[i]
         if isinstance(prob, Exception):
             results.append(dict(path=path, stem=stem, ok=False, error=_describe(path, prob)))
@@ -455,6 +484,8 @@ def predict_paths(model, paths: Sequence[str], cfg: PredictConfig | None = None,
         if keep_arrays:
             row.update(prob=res["prob"], mask=res["mask"])
         results.append(row)
+    if bar is not None:
+        bar.close()
     return results
 
 
@@ -465,16 +496,20 @@ def _describe(path: str, err: Exception) -> str:
 
 # ----------------------------------------------------------------------------------------------- CLI
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="model dir from save_model / `mpc-jax convert`, or a training workdir")
-    p.add_argument("--random-init", metavar="CONFIG", default=None,
-                   help="no checkpoint: a randomly initialised model of this HRFormer preset (smoke tests, speed)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="model folder from `mpc-jax convert` or training (WORKDIR/model_best), or a training workdir")
+    p.add_argument("--random-init", metavar="PRESET", default=None,
+                   help="no checkpoint: a randomly initialised model of this HRFormer preset, e.g. hrt_tiny "
+                        "(smoke tests, speed)")
 
 
-def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, mode_flag: str = "--mode") -> None:
-    p.add_argument(mode_flag, dest="mode", choices=["native", "resize"], default=defaults.mode,
-                   help=f"native: the image's own resolution (bucketed padding, tiles above --tile); resize: to --size "
-                        f"x --size, the reference protocol (default {defaults.mode})")
-    p.add_argument("--size", type=int, default=defaults.size, help="square input size of the resize protocol (default 512)")
+def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, *aliases: str) -> None:
+    p.add_argument("--mode", *aliases, dest="mode", choices=["resize", "native"], default=defaults.mode,
+                   help="resize: to --size x --size, as the model was trained (the reference protocol); native: the "
+                        f"image's own resolution (bucketed padding, tiles above --tile) (default {defaults.mode})")
+    p.add_argument("--size", type=int, default=defaults.size,
+                   help="resize mode: the square input size (default: the size the model was trained at, from its "
+                        f"model_config.json; {DEFAULT_SIZE} when unknown)")
     p.add_argument("--tile", type=int, default=defaults.tile,
                    help="native mode: sides longer than this are tiled or downscaled (multiple of 32; default 1024)")
     p.add_argument("--overlap", type=int, default=defaults.overlap, help="minimum tile overlap in px, at most tile/2 (default 128)")
@@ -492,7 +527,9 @@ def load_model_from_args(args):
         model.eval()
         return model
     if not args.checkpoint:
-        raise SystemExit("error: --checkpoint DIR is required (or --random-init CONFIG for a smoke test)")
+        from mpc_jax.main import UsageError
+
+        raise UsageError("--checkpoint DIR is required (or --random-init PRESET for a smoke test)")
     from mpc_jax.checkpoint import load_model
 
     return load_model(args.checkpoint)
@@ -503,8 +540,46 @@ def config_from_args(args) -> PredictConfig:
                          threshold=args.threshold, batch_size=args.batch_size).validate()
 
 
+def check_model_use(model, cfg: PredictConfig, prog: str) -> None:
+    """Says on stderr when `model` is not run as it was trained (`cfg` as given, before `resolve_config`)."""
+    from mpc_jax.checkpoint import training_info
+
+    info = training_info(model)
+    if not info.get("path"):
+        return  # --random-init or a model not from load_model
+    trained = info.get("input_size")
+    if info.get("stage") == "stage1":
+        print(f"{prog}: warning: {info['path']} is a stage-1 export: its localization head was never trained, "
+              "so the maps mean nothing; use a stage-2 model (the model_best of a run with stage 2, or a "
+              "converted *_stage2_weights.pth)", file=sys.stderr)
+    if cfg.mode == "native":
+        if trained:
+            print(f"{prog}: warning: --mode native runs each image at its own resolution; the model was trained "
+                  f"on images resized to {trained} px (--mode resize, the default, does that)", file=sys.stderr)
+    elif cfg.size is None and not trained:
+        print(f"{prog}: note: the model's training size is not recorded in {info['path']}/model_config.json; "
+              f"resizing to {DEFAULT_SIZE} px (the paper's); set --size otherwise", file=sys.stderr)
+    elif cfg.size is not None and trained and cfg.size != trained:
+        print(f"{prog}: warning: the model was trained at {trained} px; running it at --size {cfg.size}",
+              file=sys.stderr)
+
+
+def expand_inputs(inputs: Sequence[str], recursive: bool, prog: str) -> list[str]:
+    """A folder with no images but an `images/` sub-folder (a dataset's layout) stands for that sub-folder."""
+    out = []
+    for inp in inputs:
+        sub = os.path.join(inp, "images")
+        if os.path.isdir(inp) and not recursive and not list_inputs([inp]) and os.path.isdir(sub):
+            print(f"{prog}: {inp} holds no images; using {sub}", file=sys.stderr)
+            inp = sub
+        out.append(inp)
+    return out
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """`mpc-jax predict`: exit 0 when every input was processed, 1 when some failed, 2 on usage errors."""
+    from mpc_jax.main import add_common_args
+
     p = argparse.ArgumentParser(prog="mpc-jax predict", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, help="output folder")
@@ -513,18 +588,24 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--no-overlay", action="store_true", help="do not write the overlay JPEGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_args(p)
     args = p.parse_args(argv)
     try:
         cfg = config_from_args(args)
     except ValueError as e:
         p.error(str(e))
-    files = list_inputs(args.inputs, args.recursive)
+    inputs = expand_inputs(args.inputs, args.recursive, p.prog)
+    files = list_inputs(inputs, args.recursive)
     if not files:
-        print("mpc-jax predict: no image files found in " + " ".join(args.inputs), file=sys.stderr)
+        hint = ""
+        if not args.recursive and list_inputs(inputs, recursive=True):
+            hint = " (their sub-folders hold some: add --recursive)"
+        print(f"{p.prog}: error: no image files found in {' '.join(inputs)}{hint}", file=sys.stderr)
         return 1
     model = load_model_from_args(args)
+    check_model_use(model, cfg, p.prog)
     os.makedirs(args.out, exist_ok=True)
-    rows = predict_paths(model, args.inputs, cfg, out_dir=args.out, recursive=args.recursive,
+    rows = predict_paths(model, inputs, cfg, out_dir=args.out, recursive=args.recursive,
                          overlay_images=not args.no_overlay, keep_arrays=False, progress=not args.no_progress)
     failed = 0
     with open(os.path.join(args.out, "scores.csv"), "w", newline="") as f:
@@ -540,6 +621,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 w.writerow([r["path"], "", "", "", "", r["error"]])
     if failed:
         print(f"mpc-jax predict: {failed} of {len(rows)} inputs failed", file=sys.stderr)
+    print(f"mpc-jax predict: wrote {len(rows) - failed} probability maps, masks"
+          f"{'' if args.no_overlay else ' and overlays'} and scores.csv to {args.out}", file=sys.stderr)
     return 1 if failed else 0
 
 

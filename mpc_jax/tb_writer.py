@@ -105,3 +105,14 @@ def install() -> None:
   module = types.ModuleType(name)
   module.SummaryWriter = SummaryWriter
   sys.modules[name] = module
+
+
+class Prefixed:
+  """Scalars written through it are tagged `PREFIX/name` (clu's ReportProgress writes `steps_per_sec`
+  and `uptime` without a stage)."""
+
+  def __init__(self, writer, prefix: str):
+    self._writer, self._prefix = writer, prefix
+
+  def write_scalars(self, step, scalars):
+    self._writer.write_scalars(step, {f"{self._prefix}/{k}": v for k, v in scalars.items()})

@@ -417,7 +417,7 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
     return {}
 
   guard = distributed.PreemptionGuard()
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=tb_writer.Prefixed(writer, stage),
                                            every_steps=int(scfg.log_every))
   log_every, eval_every = int(scfg.log_every), int(scfg.eval_every)
   ckpt_every = int(scfg.checkpoint_every)
@@ -453,9 +453,7 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
       eta = (num_steps - step) / max(sps, 1e-9)
       log_line = (f"{stage} step {step}/{num_steps} loss {m['loss/total']:.4f} lr {m['lr']:.2e} | "
                   f"{sps:.2f} steps/s {sps * batch_size:.1f} ex/s ETA {_fmt_time(eta)}")
-      log.info(log_line)
-      if jax.process_index() == 0 and config.get("print_progress", True):
-        print(log_line, flush=True)
+      _console(config, log_line)
       t_log, step_log = time.time(), step
     metrics = None
     if val_sources and (step % eval_every == 0 or step == num_steps):
@@ -473,9 +471,7 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
         writer.write_images(step, {f"{stage}/val/samples": samples})
       line = (f"{stage} val step {step}: F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} "
               f"score {scalars['score']:.4f}{' (best)' if is_best else ''} next lr {lr:.2e}")
-      log.info(line)
-      if jax.process_index() == 0 and config.get("print_progress", True):
-        print(line, flush=True)
+      _console(config, line)
       metrics = {"score": scalars["score"]}
       last_eval = scalars
       if is_best and config.get("export_models", True):
@@ -497,6 +493,14 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
     _export(current_model, export_dir, "model_latest")
   nnx.update(model, nnx.state(current_model()))
   return last_eval
+
+
+def _console(config, line: str, always: bool = False) -> None:
+  """One console line: printed by process 0 (with `print_progress`, or `always`), else logged."""
+  if jax.process_index() == 0 and (always or config.get("print_progress", True)):
+    print(line, flush=True)
+  else:
+    log.info(line)
 
 
 class Preempted(Exception):
@@ -594,9 +598,7 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
   writer.write_scalars(int(scfg.num_steps), {f"final/{k}": v for k, v in scalars.items()})
   line = (f"final ({stage}) on held-out {', '.join(s for s in config.data.val_sources)}: "
           f"pixel F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} (threshold 0.5, mean over forged images)")
-  log.info(line)
-  if jax.process_index() == 0:
-    print(line, flush=True)
+  _console(config, line, always=True)
   return {"stage": stage, **scalars}
 
 

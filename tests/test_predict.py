@@ -47,7 +47,7 @@ def make_tiny():
     model = build_mpc("hrt_tiny", seed=0)
     model.eval()
     cal = Calibrated(model)
-    p = P.predict_arrays(cal, textured((128, 128)), batch_size=1)["prob"].astype(np.float64)
+    p = P.predict_arrays(cal, textured((128, 128)), batch_size=1, mode="native")["prob"].astype(np.float64)
     logits = np.log(p / (1 - p)) / 1e-3
     cal.shift[...] = jnp.float32(np.median(logits))
     cal.scale[...] = jnp.float32(1.0 / max(logits.std(), 1e-6))
@@ -84,15 +84,15 @@ def test_plan_axis_covers_aligned_and_overlapping(length, tile, overlap):
 def test_local_model_tiling_exact_and_bucketing_few_programs():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (333, 517, 3), dtype=np.uint8)
-    full = P.predict_arrays(local_model, img)
-    tiled = P.predict_arrays(local_model, img, tile=128, overlap=64)
+    full = P.predict_arrays(local_model, img, mode="native")
+    tiled = P.predict_arrays(local_model, img, mode="native", tile=128, overlap=64)
     assert full["prob"].shape == (333, 517) and full["mask"].dtype == np.uint8
     np.testing.assert_allclose(tiled["prob"], full["prob"], atol=1e-5)
     # a folder of 14 mixed sizes -> few (B, H, W) programs
     pred = P.Predictor(local_model, batch_size=4)
     sizes = [tuple(rng.integers(40, 300, 2)) for _ in range(14)]
     items = [(i, rng.integers(0, 255, (*s, 3), dtype=np.uint8)) for i, s in enumerate(sizes)]
-    out = dict(P.predict_stream(pred, items, P.PredictConfig(batch_size=4)))
+    out = dict(P.predict_stream(pred, items, P.PredictConfig(mode="native", batch_size=4)))
     assert [out[i].shape for i in range(14)] == sizes
     spatial = {p[1:] for p in pred.programs}
     assert len(spatial) <= 12 and len(pred.programs) <= 2 * len(spatial)
@@ -106,9 +106,9 @@ def test_thin_strips_rejected_with_clear_message(shape):
 
 def test_input_formats_gray_rgba_float():
     g = np.random.default_rng(1).integers(0, 255, (40, 50), dtype=np.uint8)
-    a = P.predict_arrays(local_model, g)["prob"]
-    b = P.predict_arrays(local_model, np.dstack([g, g, g, np.full_like(g, 7)]))["prob"]
-    c = P.predict_arrays(local_model, np.dstack([g, g, g]).astype(np.float32) / 255)["prob"]
+    a = P.predict_arrays(local_model, g, mode="native")["prob"]
+    b = P.predict_arrays(local_model, np.dstack([g, g, g, np.full_like(g, 7)]), mode="native")["prob"]
+    c = P.predict_arrays(local_model, np.dstack([g, g, g]).astype(np.float32) / 255, mode="native")["prob"]
     np.testing.assert_allclose(a, b)
     np.testing.assert_allclose(a, c, atol=1e-6)
 
@@ -117,8 +117,8 @@ def test_input_formats_gray_rgba_float():
 def test_tiled_matches_untiled_within_tolerance(tiny):
     pred = P.Predictor(tiny, batch_size=1)
     img = textured((192, 192), seed=3)
-    full = P.predict_arrays(pred, img)
-    tiled = P.predict_arrays(pred, img, tile=128, overlap=64)
+    full = P.predict_arrays(pred, img, mode="native")
+    tiled = P.predict_arrays(pred, img, mode="native", tile=128, overlap=64)
     d = np.abs(full["prob"] - tiled["prob"])
     assert full["prob"].std() > 0.05  # not saturated: the comparison means something
     assert d.mean() < TILE_MEAN_TOL and d.max() < TILE_MAX_TOL
@@ -128,13 +128,13 @@ def test_tiled_matches_untiled_within_tolerance(tiny):
 
 def test_odd_size_native_tiled_resize_and_downscale(tiny):
     img = textured((333, 517), seed=4)
-    for kw in (dict(tile=128, overlap=32), dict(mode="resize", size=128)):
+    for kw in (dict(mode="native", tile=128, overlap=32), dict(mode="resize", size=128)):
         r = P.predict_arrays(tiny, img, batch_size=1, **kw)
         assert r["prob"].shape == (333, 517) and r["prob"].dtype == np.float32
         assert r["mask"].shape == (333, 517) and set(np.unique(r["mask"])) <= {0, 1}
         np.testing.assert_array_equal(r["mask"], (r["prob"] > 0.5).astype(np.uint8))
         assert r["score"] == pytest.approx(float(r["prob"].max())) and 0 <= r["score"] <= 1
-    r = P.predict_arrays(tiny, textured((256, 200)), batch_size=1, tile=128, large="downscale")
+    r = P.predict_arrays(tiny, textured((256, 200)), batch_size=1, mode="native", tile=128, large="downscale")
     assert r["prob"].shape == (256, 200)
 
 
@@ -159,7 +159,7 @@ def test_cli_folder_with_broken_files(tiny, tmp_path, monkeypatch, capsys):
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     _write_folder(src)
     monkeypatch.setattr(P, "load_model_from_args", lambda args: tiny)
-    rc = P.cli_main([src, "--checkpoint", "unused", "--out", out, "--tile", "128", "--overlap", "32",
+    rc = P.cli_main([src, "--checkpoint", "unused", "--out", out, "--mode", "native", "--tile", "128", "--overlap", "32",
                      "--batch-size", "1", "--no-progress"])
     cap = capsys.readouterr()
     assert rc == 1
@@ -184,8 +184,8 @@ def test_predict_paths_api_matches_predict_arrays(tiny, tmp_path):
     p = str(tmp_path / "x.png")
     img = textured((100, 120), 11)
     cv2.imwrite(p, img[..., ::-1])
-    [row] = P.predict_paths(tiny, [p], batch_size=1, tile=128)
-    ref = P.predict_arrays(tiny, img, batch_size=1, tile=128)
+    [row] = P.predict_paths(tiny, [p], batch_size=1, mode="native", tile=128)
+    ref = P.predict_arrays(tiny, img, batch_size=1, mode="native", tile=128)
     assert row["ok"] and row["prob"].shape == (100, 120)
     np.testing.assert_allclose(row["prob"], ref["prob"], atol=1e-6)
     assert row["score"] == pytest.approx(ref["score"])

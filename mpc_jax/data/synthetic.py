@@ -64,7 +64,7 @@ def natural_images() -> list[np.ndarray]:
                 d = None
             for f in _COLOUR_FILES + _GRAY_FILES:
                 p = os.path.join(d, f) if d else ""
-                a = cv2.imread(p, cv2.IMREAD_COLOR) if d and os.path.isfile(p) else None
+                a = _imread_no_icc(p) if d and os.path.isfile(p) else None
                 if a is None:
                     continue
                 a = a[:, :, ::-1]
@@ -74,6 +74,22 @@ def natural_images() -> list[np.ndarray]:
                 pool.append((np.ascontiguousarray(a), f in _GRAY_FILES))
             _POOL = pool
         return _POOL
+
+
+def _imread_no_icc(path: str) -> np.ndarray | None:
+    """`cv2.imread(path, IMREAD_COLOR)` without a PNG's `iCCP` chunk: libpng warns on stderr about the
+    malformed colour profile of scikit-image's `page.png`; the pixels do not depend on it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        out, i = [data[:8]], 8
+        while i + 8 <= len(data):
+            n = int.from_bytes(data[i:i + 4], "big")
+            if data[i + 4:i + 8] != b"iCCP":
+                out.append(data[i:i + 12 + n])
+            i += 12 + n
+        data = b"".join(out)
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 def _lerp(a, b, t):
@@ -457,6 +473,9 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--difficulty", type=float, default=0.5, help="0 = loud traces (demo) ... 1 = hard (default 0.5)")
     p.add_argument("--authentic-prob", type=float, default=0.1, help="fraction of authentic images (default 0.1)")
+    from mpc_jax.main import add_common_args
+
+    add_common_args(p)
     a = p.parse_args(argv)
     if a.num <= 0:
         p.error("--num must be positive")
