@@ -32,6 +32,7 @@ per set, the reference's 5000); stage 2 trains the head only with the backbone f
 import argparse
 import json
 import sys
+import tempfile
 import time
 
 import jax
@@ -40,7 +41,7 @@ import numpy as np
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import report, time_fn  # noqa: E402
 
-from mpc_jax import distributed, train  # noqa: E402
+from mpc_jax import compile_cache, distributed, train  # noqa: E402
 from mpc_jax.models import count_params, layers  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
@@ -99,6 +100,12 @@ def _memory(compiled):
   return {"args_MiB": arg / 2**20, "temp_MiB": temp / 2**20, "peak_MiB": (arg + out - alias + temp) / 2**20}
 
 
+def _process_peak_gib():
+  """The device's peak bytes in use so far in this process (GPUs/TPUs; None where unreported)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
+
+
 def _compile(args, stage, size, remat, mesh):
   config = _config(args, size, remat)
   model = train.build_model(config)
@@ -107,8 +114,11 @@ def _compile(args, stage, size, remat, mesh):
   step = make(parts, config, mesh)
   batch = _batch(size, args.batch, mesh)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  return compiled, state, batch, time.perf_counter() - t0, count_params(model)
+  lowered = step.lower(state, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  times = {"lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
+  return compiled, state, batch, times, count_params(model)
 
 
 def main():
@@ -123,6 +133,8 @@ def main():
   p.add_argument("--remat-sizes", default="", help="sides whose timed stage-1 rows run with remat")
   p.add_argument("--depthwise", default="xla", choices=("auto", "shift", "xla"),
                  help="depth-wise convolutions: XLA's grouped conv, shifted adds, or auto (shift on CPU)")
+  p.add_argument("--cache-dir", default="",
+                 help="persistent compilation cache ('': a fresh temporary one, so compile_s is cold)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)")
@@ -137,6 +149,7 @@ def main():
   except ValueError:
     p.error(f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}")
   distributed.keep_remat_barriers_on_cpu()  # before the backends exist; a no-op off the CPU
+  cache = compile_cache.enable(args.cache_dir or tempfile.mkdtemp(prefix="mpc_jax_bench_cache_"))
   layers.DEPTHWISE_IMPL = args.depthwise
   mesh = distributed.make_mesh()
   peak = args.peak_tflops or _peak_tflops(args.dtype)
@@ -152,8 +165,10 @@ def main():
     for stage in args.stages.split(","):
       for size in sizes:
         print(f"compiling {stage} {args.batch}x{size}x{size} ...", flush=True)
+        t_start = time.perf_counter()
         remat = stage == "stage1" and size in remat_sizes
         compiled, state, batch, t_compile, n_params = _compile(args, stage, size, remat, mesh)
+        first_step_s = time.perf_counter() - t_start
         holder = [state]
 
         def run(compiled=compiled, holder=holder, batch=batch):
@@ -163,9 +178,11 @@ def main():
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
         add({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
-             "remat": remat, "compile_s": t_compile, "median_s": t["median_s"], "min_s": t["min_s"],
+             "remat": remat, **t_compile,
+             "build_to_first_step_s": first_step_s + t["first_call_s"], "median_s": t["median_s"], "min_s": t["min_s"],
              "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
-             "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled)})
+             "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled),
+             "process_peak_GiB": _process_peak_gib()})
         del compiled, state, batch, holder, run
     if args.memory_size and "stage1" in args.stages.split(","):
       for remat in (False, True):
@@ -177,13 +194,17 @@ def main():
         flops = _flops(compiled)
         add({"stage": "stage1", "model": args.config, "params": n_params,
              "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
-             "compile_s": t_compile, "GFLOP_per_step": flops / 1e9 if flops else None, **_memory(compiled)})
+             **t_compile, "GFLOP_per_step": flops / 1e9 if flops else None, **_memory(compiled)})
         del compiled
-  cols = ["stage", "input", "remat", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
-          "MFU", "args_MiB", "temp_MiB", "peak_MiB"]
+  cols = ["stage", "input", "remat", "lower_s", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
+          "MFU", "args_MiB", "temp_MiB", "peak_MiB",
+          "process_peak_GiB"]
   name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
+  if not args.out and jax.devices()[0].platform == "gpu":  # every GPU run is kept, dated
+    name += "_" + time.strftime("%Y%m%d_%H%M%S")
   report(name, rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
                                   "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
+                                  "compilation_cache": cache,
                                   "peak_tflops_per_device": peak,
                                   "memory_note": "XLA compiled memory analysis per device: "
                                   "peak = arguments + outputs - donated (aliased) + temporaries"})

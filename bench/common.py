@@ -6,6 +6,8 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -17,6 +19,16 @@ def machine() -> dict:
   dev = jax.devices()[0]
   return {"platform": dev.platform, "device": dev.device_kind, "devices": jax.device_count(),
           "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__}
+
+
+def provenance() -> dict:
+  """When, at which commit and with which command line a result was measured."""
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True,
+                            text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = "unknown"
+  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "command": " ".join(sys.argv)}
 
 
 def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
@@ -43,6 +55,6 @@ def report(name: str, rows: list[dict], columns: list[str], extra: dict | None =
     print("| " + " | ".join(cells) + " |")
   RESULTS.mkdir(parents=True, exist_ok=True)
   out = RESULTS / f"{name}.json"
-  out.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=1))
+  out.write_text(json.dumps({**provenance(), "machine": machine(), "rows": rows, **(extra or {})}, indent=1))
   print(f"wrote {out}")
   return out

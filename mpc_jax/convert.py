@@ -22,32 +22,21 @@ from flax import nnx
 
 from mpc_jax.models import build_mpc
 from mpc_jax.models.hrformer import relative_position_index
-from mpc_jax.models.layers import BatchCount
 
 _TOP = {"backbone": "encoder", "head": "decoder"}
-_STORED = nnx.Any(nnx.Param, nnx.BatchStat, BatchCount)
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var", "num_batches_tracked": "num_batches_tracked",
          "relative_position_bias_table": "relative_position_bias_table"}
 
 
 def _flat_state(model):
-  """`{torch_key: (path, index, shape)}` for every stored array of `model` (no RNG state).
-
-  A variable inside a `Stack` (path component `stacked`) holds one array per layer along its
-  leading axes: `index` picks the key's layer (`()` elsewhere) and `shape` is that layer's shape.
-  Each `stacked` in the path stands for the reference's `nn.ModuleList` index at that place.
-  """
+  """`{torch_key: (path, variable)}` for every stored array of `model` (RNG state excluded)."""
   out = {}
-  for path, var in nnx.to_flat_state(nnx.state(model, _STORED)):
-    if path[-1] not in _LEAF:
+  for path, var in nnx.to_flat_state(nnx.state(model)):
+    if "rngs" in path or path[-1] not in _LEAF:
       continue
-    depth = sum(p == "stacked" for p in path)
-    for index in np.ndindex(*var.shape[:depth]):
-      layer = iter(index)
-      names = [str(next(layer)) if p == "stacked" else str(p) for p in path[1:-1]]
-      key = ".".join([_TOP.get(str(path[0]), str(path[0]))] + names + [_LEAF[path[-1]]])
-      out[key] = (path, index, tuple(var.shape[depth:]))
+    key = ".".join([_TOP.get(str(path[0]), str(path[0]))] + [str(p) for p in path[1:-1]] + [_LEAF[path[-1]]])
+    out[key] = (path, var)
   return out
 
 
@@ -91,8 +80,8 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
   ours = _flat_state(model)
   if head is None:
     ours = {k: v for k, v in ours.items() if not k.startswith("decoder.")}
-  index_keys = {k.rsplit(".", 1)[0] + ".relative_position_index": _window_of(shape)
-                for k, (_, _, shape) in ours.items() if k.endswith("relative_position_bias_table")}
+  index_keys = {k.rsplit(".", 1)[0] + ".relative_position_index": _window_of(var.shape)
+                for k, (_, var) in ours.items() if k.endswith("relative_position_bias_table")}
 
   missing = sorted(set(ours) - set(sd))
   unexpected = sorted(set(sd) - set(ours) - set(index_keys))
@@ -104,23 +93,25 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
     want = relative_position_index(window)
     if got.shape != want.shape or not np.array_equal(got, want):
       mismatched.append(f"{key}: shape {tuple(got.shape)} does not hold the {window}x{window} window index")
-  flat = nnx.to_flat_state(nnx.state(model, _STORED))
-  updates = {p: np.array(v[...]) for p, v in flat}
-  for key, (path, index, shape) in ours.items():
+  updates = {}
+  for key, (path, var) in ours.items():
     if key not in sd:
       continue
     value = np.asarray(sd[key])
     if key.endswith("num_batches_tracked"):
-      updates[path][index] = np.asarray(value, np.int32).reshape(())
+      updates[path] = np.asarray(value, np.int32).reshape(())
       continue
-    converted = _to_ours_checked(value, key, shape)
+    converted = _to_ours_checked(value, key, var.shape)
     if converted is None:
-      mismatched.append(f"{key}: got {tuple(value.shape)}, expected {tuple(_to_torch(np.zeros(shape), key).shape)}")
+      mismatched.append(f"{key}: got {tuple(value.shape)}, expected {tuple(_to_torch(np.zeros(var.shape), key).shape)}")
       continue
-    updates[path][index] = converted.astype(np.float32)
+    updates[path] = converted.astype(np.float32)
   if missing or unexpected or mismatched:
     raise ValueError(_report(missing, unexpected, mismatched) + _hint(missing, mismatched, head))
-  nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(updates[p]))) for p, v in flat]))
+
+  flat = nnx.to_flat_state(nnx.state(model))
+  nnx.update(model, nnx.from_flat_state(
+      [(p, v.replace(jnp.asarray(updates[p])) if p in updates else v) for p, v in flat]))
   model.eval()
   return model
 
@@ -193,10 +184,9 @@ def hrformer_config_arg(value: str):
 
 def to_torch_state_dict(model) -> dict:
   """The model as the reference's state dict (`{key: numpy array}`, PyTorch layouts and dtypes)."""
-  arrays = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, _STORED))}
   out = {}
-  for key, (path, index, _) in _flat_state(model).items():
-    value = arrays[path][index]
+  for key, (_, var) in _flat_state(model).items():
+    value = np.asarray(var[...])
     if key.endswith("num_batches_tracked"):
       out[key] = value.astype(np.int64)
       continue

@@ -69,6 +69,10 @@ def run(argv=None) -> int:
     prog = f"mpc-jax {name}"
     try:
         module = importlib.import_module(COMMANDS[name][0])
+        if name in ("train", "eval", "predict"):
+            from mpc_jax import compile_cache
+
+            compile_cache.enable()  # `train` may point it elsewhere (config.compilation_cache_dir)
         code = module.cli_main(rest)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

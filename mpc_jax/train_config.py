@@ -60,8 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       hrformer="hrt_base", hrformer_json="",  # preset name, or a yacs-layout dict as JSON
       head="catnet", drop_path_rate=-1.0,  # < 0: the preset's rate
       dtype="float32",  # compute dtype: float32 or bfloat16 (parameters stay float32)
-      remat=False,      # rematerialise the backbone module by module: less memory, ~10% more compute
-      scan_layers="auto"))  # repeated modules as jax.lax.scan: 'auto' (not on the CPU), 'true', 'false'
+      remat=False))     # rematerialise the backbone module by module: less memory, ~10% more compute
   data = default_data_config().to_dict()
   data["val_sources"] = tuple(data.get("val_sources") or ())  # a tuple: overridable on the command line
   c.data = ml_collections.ConfigDict(data)

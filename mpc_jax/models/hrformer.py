@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mpc_jax.models.layers import (Act, BatchNorm, DropPath, Identity, Init, LayerNorm, Linear, Stack,
+from mpc_jax.models.layers import (Act, BatchNorm, DropPath, Identity, Init, LayerNorm, Linear,
                                    UpsampleNearest, conv, resize_bilinear_align_corners, run_sequence)
 
 OUT_CHANNELS = 256
@@ -207,7 +207,7 @@ class TransformerBlock(nnx.Module):
     self.norm1 = LayerNorm(dim)
     self.norm2 = LayerNorm(dim)
     self.mlp = MlpDWBN(dim, int(dim * mlp_ratio), dim, init=init, dtype=dtype)
-    self.drop_path = DropPath(drop_path, init=init)
+    self.drop_path = DropPath(drop_path, init.rngs) if drop_path > 0.0 else Identity()
 
   def __call__(self, x):
     x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -215,18 +215,15 @@ class TransformerBlock(nnx.Module):
 
 
 class HRModule(nnx.Module):
-  """Parallel branches of transformer blocks, then every branch fuses all the others.
+  """Parallel branches of transformer blocks, then every branch fuses all the others."""
 
-  Each branch is a `Stack` of its blocks (one scanned block in the program).
-  """
-
-  def __init__(self, stage_cfg, drop_paths, *, init, dtype, scan=True):
+  def __init__(self, stage_cfg, drop_paths, *, init, dtype):
     ch = stage_cfg["NUM_CHANNELS"]
     nb = stage_cfg["NUM_BRANCHES"]
     self.branches = nnx.List([
-        Stack([TransformerBlock(ch[i], stage_cfg["NUM_HEADS"][i], stage_cfg["NUM_WINDOW_SIZES"][i],
-                                stage_cfg["NUM_MLP_RATIOS"][i], drop_paths[k], init=init, dtype=dtype)
-               for k in range(stage_cfg["NUM_BLOCKS"][i])], scan=scan)
+        nnx.List([TransformerBlock(ch[i], stage_cfg["NUM_HEADS"][i], stage_cfg["NUM_WINDOW_SIZES"][i],
+                                   stage_cfg["NUM_MLP_RATIOS"][i], drop_paths[k], init=init, dtype=dtype)
+                  for k in range(stage_cfg["NUM_BLOCKS"][i])])
         for i in range(nb)])
     fuse = []
     for i in range(nb if nb > 1 else 0):
@@ -249,7 +246,7 @@ class HRModule(nnx.Module):
     self.fuse_layers = nnx.List(fuse)
 
   def __call__(self, xs):
-    xs = [branch(x) for branch, x in zip(self.branches, xs)]
+    xs = [run_sequence(branch, x) for branch, x in zip(self.branches, xs)]
     if len(xs) == 1:
       return xs
     out = []
@@ -294,25 +291,25 @@ def _run_transition(layer, x):
   return run_sequence(layer, x)
 
 
+def _call(module, x):
+  return module(x)
+
+
 # A module call whose activations are recomputed in the backward pass instead of stored: only its
-# input is kept. State updates (BatchNorm statistics) come out as usual.
-_remat_call = nnx.remat(lambda module, x: module(x))
+# input is kept. State updates (BatchNorm statistics, the drop-path RNG count) come out as usual.
+_remat_call = nnx.remat(_call)
 
 
 class HRFormer(nnx.Module):
   """The backbone: stem (two stride-2 3x3 convs), stage 1 bottlenecks, stages 2-4, 1x1 heads.
 
   `__call__(images [B, H, W, 3]) -> [4 x [B, h_s, w_s, 256]]`, before any L2 normalisation.
-  The HRModules of a stage are one `Stack` (`stage2..4`), as are the blocks of a branch; with
-  `scan` they run as `jax.lax.scan`, so the traced program holds one module per stage however
-  deep the model is, else unrolled (same parameters and values). With `remat`,
-  every stage-1 bottleneck and every HRModule is rematerialised: the backward pass keeps only
-  their inputs and recomputes the rest, one module at a time; the values and gradients are
-  unchanged.
+  With `remat`, every stage-1 bottleneck and every HRModule is rematerialised (`nnx.remat`): the
+  backward pass keeps only their inputs and recomputes the rest, one module at a time; the values
+  and gradients are unchanged.
   """
 
-  def __init__(self, config=None, *, init: Init, dtype=jnp.float32, drop_path_rate=None, remat=False,
-               scan=True):
+  def __init__(self, config=None, *, init: Init, dtype=jnp.float32, drop_path_rate=None, remat=False):
     cfg = get_hrformer_config(config)
     if drop_path_rate is not None:
       cfg["DROP_PATH_RATE"] = float(drop_path_rate)
@@ -341,9 +338,8 @@ class HRFormer(nnx.Module):
       rates = dpr[start:start + depths[n - 1]]
       start += depths[n - 1]
       nb0 = s["NUM_BLOCKS"][0]
-      setattr(self, f"stage{n + 1}", Stack([
-          HRModule(s, rates[nb0 * m: nb0 * (m + 1)], init=init, dtype=dtype, scan=scan)
-          for m in range(s["NUM_MODULES"])], scan=scan, remat=self.remat))
+      setattr(self, f"stage{n + 1}", nnx.List([
+          HRModule(s, rates[nb0 * m: nb0 * (m + 1)], init=init, dtype=dtype) for m in range(s["NUM_MODULES"])]))
       prev = list(s["NUM_CHANNELS"])
     self.convs = nnx.List([
         nnx.Dict(conv=conv(c, OUT_CHANNELS, 1, bias=False, dtype=dtype, init=init),
@@ -354,12 +350,16 @@ class HRFormer(nnx.Module):
     x = images.astype(self.dtype)
     x = jax.nn.relu(self.bn1(self.conv1(x)))
     x = jax.nn.relu(self.bn2(self.conv2(x)))
+    call = _remat_call if self.remat else _call
     for block in self.layer1:
-      x = _remat_call(block, x) if self.remat else block(x)
+      x = call(block, x)
     ys = [x]
     for transition, stage in ((self.transition1, self.stage2), (self.transition2, self.stage3),
                               (self.transition3, self.stage4)):
-      ys = stage([_run_transition(t, ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)])
+      xs = [_run_transition(t, ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
+      for module in stage:
+        xs = call(module, xs)
+      ys = xs
     return [jax.nn.relu(c["bn"](c["conv"](y))) for c, y in zip(self.convs, ys)]
 
 

@@ -20,19 +20,12 @@ class BatchCount(nnx.Variable):
 
 
 class Init:
-  """Where parameters come from: a host-side numpy generator (no device compiles at build time),
-  and one distinct drop-path key per `DropPath` (`droppath_key`)."""
+  """Where parameters come from: a host-side numpy generator (no device compiles at build time)
+  and the `nnx.Rngs` that drop path draws its masks from (stream `droppath`)."""
 
   def __init__(self, seed: int = 0):
     self.np = np.random.default_rng(seed)
-    self.seed = int(seed)
-    self.num_droppath_keys = 0
-
-  def droppath_key(self):
-    """A new threefry key `(seed + 1, n)` for the n-th DropPath built (host data, no compile)."""
-    self.num_droppath_keys += 1
-    data = np.array([(self.seed + 1) % 2**32, self.num_droppath_keys - 1], np.uint32)
-    return jax.random.wrap_key_data(data, impl="threefry2x32")
+    self.rngs = nnx.Rngs(params=seed, droppath=seed + 1)
 
   def uniform(self, shape, bound):
     return jnp.asarray(self.np.uniform(-bound, bound, shape).astype(np.float32))
@@ -136,10 +129,6 @@ class BatchNorm(nnx.Module):
   Training mode normalises with the (global) batch's biased variance and updates the running
   statistics with the unbiased one, `running = (1 - momentum) * running + momentum * batch`
   (`momentum` in PyTorch's convention). Eval mode uses the running statistics.
-
-  `num_views = V > 1` (training mode): the batch holds V views of each image, laid out `[B * V]`
-  with the view index fastest. Each view is normalised with its own statistics and the running
-  statistics take V updates in view order, exactly as V consecutive calls on the views would.
   """
 
   def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
@@ -151,36 +140,26 @@ class BatchNorm(nnx.Module):
     self.eps = eps
     self.momentum = momentum
     self.use_running_average = False
-    self.num_views = 1
 
   def __call__(self, x):
     dtype = x.dtype
     xf = x.astype(jnp.float32)
     if self.use_running_average:
-      y = (xf - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.eps)
-      return (y * self.scale[...] + self.bias[...]).astype(dtype)
-    v = self.num_views
-    if x.shape[0] % v:
-      raise ValueError(f"BatchNorm: batch {x.shape[0]} is not a multiple of num_views={v}")
-    xv = xf.reshape(x.shape[0] // v, v, *x.shape[1:])  # [B, V, ..., C]
-    axes = (0,) + tuple(range(2, xv.ndim - 1))
-    mean = jnp.mean(xv, axes, keepdims=True)
-    var = jnp.mean(jnp.square(xv - mean), axes, keepdims=True)
-    y = (xv - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-    n = math.prod(xv.shape[:-1]) // v
-    unbiased = jax.lax.stop_gradient(var.reshape(v, -1) * (n / max(n - 1, 1)))
-    batch_mean = jax.lax.stop_gradient(mean.reshape(v, -1))
-    m = self.momentum
-    running_mean, running_var = self.mean[...], self.var[...]
-    for i in range(v):
-      running_mean = (1 - m) * running_mean + m * batch_mean[i]
-      running_var = (1 - m) * running_var + m * unbiased[i]
-    # Whole-value writes: an indexed write (`v[...] = x`) on a tracer costs time proportional to
-    # the program traced so far, which made tracing quadratic in the model's size.
-    self.mean.set_value(running_mean)
-    self.var.set_value(running_var)
-    self.num_batches_tracked.set_value(self.num_batches_tracked[...] + v)
-    return y.reshape(x.shape).astype(dtype)
+      mean, var = self.mean[...], self.var[...]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      n = math.prod(x.shape[:-1])
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      # Whole-value writes: an indexed write (`v[...] = x`) on a tracer costs time proportional to
+      # the program traced so far, which made tracing quadratic in the model's size.
+      self.mean.set_value((1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
+      self.var.set_value((1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
+      self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    return y.astype(dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -235,84 +214,33 @@ def run_sequence(layers, x):
   return x
 
 
-class DropRate(nnx.Variable):
-  """A drop-path rate held as data (not learned), so that modules differing only in their rates
-  stack into one scanned module."""
+def _next_key(stream):
+  """`stream()` of an `nnx.RngStream` (the same keys), counting with a whole-value write: the
+  stream's own indexed write (`count[...] += 1`) costs time proportional to the program traced
+  so far."""
+  key = jax.random.fold_in(stream.key[...], stream.count[...])
+  stream.count.set_value(stream.count[...] + 1)
+  return key
 
 
 class DropPath(nnx.Module):
   """Stochastic depth per sample: `x / keep * floor(keep + U[0, 1))`, as timm's `drop_path`.
 
-  Active when `deterministic` is False (`model.train()`). Each DropPath draws from its own key,
-  folded with a call counter (`nnx.RngKey`/`nnx.RngCount`), so two passes of a batch, and the
-  two views of a batch in one pass, get independent masks. A rate of 0 leaves `x` unchanged.
+  Active when `deterministic` is False (`model.train()`); its randomness comes from the
+  `droppath` stream of the shared `nnx.Rngs`, so two passes of one batch draw different masks.
   """
 
-  def __init__(self, rate: float, *, init: Init):
-    self.rate = DropRate(jnp.asarray(rate, jnp.float32))
-    self.key = nnx.RngKey(init.droppath_key())
-    self.count = nnx.RngCount(jnp.zeros((), jnp.uint32))
+  def __init__(self, rate: float, rngs: nnx.Rngs):
+    self.rate = float(rate)
+    self.rngs = rngs
     self.deterministic = False
 
   def __call__(self, x):
-    if self.deterministic:
+    if self.deterministic or self.rate == 0.0:
       return x
-    key = jax.random.fold_in(self.key[...], self.count[...])
-    self.count.set_value(self.count[...] + 1)
-    keep = 1.0 - self.rate[...]
-    u = jax.random.uniform(key, (x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32)
-    return (x / keep.astype(x.dtype)) * jnp.floor(keep + u).astype(x.dtype)
-
-
-def _stack_on_host(*arrays):
-  """`jnp.stack(arrays)` through numpy (no device program per shape); typed keys stay keys."""
-  if jnp.issubdtype(arrays[0].dtype, jax.dtypes.prng_key):
-    data = np.stack([np.asarray(jax.random.key_data(a)) for a in arrays])
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(arrays[0]))
-  return jnp.asarray(np.stack([np.asarray(a) for a in arrays]))
-
-
-class Stack(nnx.Module):
-  """N modules of one structure applied in sequence, held as one module with stacked variables.
-
-  The modules' variables are stacked along a new leading axis N (in `stacked`, whose attribute
-  name `mpc_jax.convert` reads as a layer index). With `scan`, `__call__` runs `jax.lax.scan` over
-  them, so a program holds one copy of the module whatever N is (MaxText's `scan_layers`);
-  without, it applies the N layers one after the other (an unrolled program, which XLA:CPU runs
-  faster). Either way the parameters and the values are the same. State the modules update
-  (BatchNorm statistics, drop-path counters) comes out stacked. With `remat`, each layer keeps
-  only its input for the backward pass and recomputes the rest there.
-  """
-
-  def __init__(self, modules, *, scan: bool = True, remat: bool = False):
-    splits = [nnx.split(m) for m in modules]
-    graphdef = splits[0][0]
-    if any(g != graphdef for g, _ in splits[1:]):
-      raise ValueError("Stack: the modules differ in structure")
-    self.stacked = nnx.merge(graphdef, jax.tree.map(_stack_on_host, *[s for _, s in splits]))
-    self.length = len(modules)
-    self.scan = bool(scan)
-    self.remat = bool(remat)
-
-  def __call__(self, x):
-    graphdef, state = nnx.split(self.stacked)
-
-    def layer(carry, layer_state):
-      module = nnx.merge(graphdef, layer_state)
-      return module(carry), nnx.state(module)
-
-    if self.remat:
-      layer = jax.checkpoint(layer)
-    if self.scan:
-      x, state = jax.lax.scan(layer, x, state)
-    else:
-      states = []
-      for i in range(self.length):
-        x, layer_state = layer(x, jax.tree.map(lambda a, i=i: a[i], state))
-        states.append(layer_state)
-      state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    nnx.update(self.stacked, state)
-    return x
+    keep = 1.0 - self.rate
+    u = jax.random.uniform(_next_key(self.rngs.droppath), (x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32)
+    return (x / keep) * jnp.floor(keep + u).astype(x.dtype)
 
 
 def _align_corners_weights(n_in: int, n_out: int):

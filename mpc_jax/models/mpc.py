@@ -22,9 +22,9 @@ class MPC(nnx.Module):
   """
 
   def __init__(self, hrformer_config=None, head: str = "catnet", *, init: Init,
-               dtype=jnp.float32, drop_path_rate=None, remat=False, scan=True):
+               dtype=jnp.float32, drop_path_rate=None, remat=False):
     self.backbone = HRFormer(hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate,
-                             remat=remat, scan=scan)
+                             remat=remat)
     self.head = LocalizationHead(head, init=init, dtype=dtype)
 
   def features(self, images):
@@ -40,32 +40,19 @@ class MPC(nnx.Module):
 
 
 def build_mpc(hrformer_config="hrt_base", head: str = "catnet", *, dtype=jnp.float32, seed: int = 0,
-              drop_path_rate=None, remat: bool = False, scan_layers="auto") -> MPC:
+              drop_path_rate=None, remat: bool = False) -> MPC:
   """A randomly initialised MPC model (train mode). `dtype` is the compute dtype; params stay f32.
 
   `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
   `hrt_base_win15`) or a yacs-layout dict. Drop path draws from the `droppath` RNG stream.
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
-  `scan_layers`: run the repeated modules of each stage as one `jax.lax.scan` (True: a program
-  whose size does not grow with depth) or unrolled (False: XLA:CPU runs it faster); 'auto' scans
-  on accelerators and unrolls on the CPU. The parameters are the same either way.
   """
   if isinstance(dtype, str):
     if dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     dtype = jnp.dtype(dtype)
   return MPC(hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate,
-             remat=bool(remat), scan=resolve_scan_layers(scan_layers))
-
-
-def resolve_scan_layers(value) -> bool:
-  """`scan_layers` ('auto', True/False or 'true'/'false') as a bool; 'auto' is False on the CPU."""
-  text = str(value).strip().lower()
-  if text == "auto":
-    return __import__("jax").default_backend() != "cpu"
-  if text in ("true", "1", "false", "0"):
-    return text in ("true", "1")
-  raise ValueError(f"scan_layers must be 'auto', True or False, got {value!r}")
+             remat=bool(remat))
 
 
 def count_params(model) -> int:
