@@ -66,7 +66,7 @@ def resolve_model_dir(path) -> pathlib.Path:
     if (candidate / "model_config.json").is_file():
       return candidate
   if not path.exists():
-    raise FileNotFoundError(f"model folder {path} does not exist")
+    raise FileNotFoundError(f"no mpc-jax model at {path}: that folder does not exist")
   raise FileNotFoundError(f"no mpc-jax model in {path} (expected model_config.json there or in model_best/ or "
                           "model_latest/); convert official weights with `mpc-jax convert WEIGHTS --out DIR`")
 
