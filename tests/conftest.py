@@ -2,6 +2,10 @@
 
 Compiled programs are cached on disk (`MPC_JAX_TEST_CACHE`, default under the system temp dir),
 so the same model compiled by several tests or test processes is compiled once.
+
+Reference fixtures live in `tests/fixtures/` (copies of `../shared/fixtures/`), so parity tests
+never skip in a clone. Tests marked `parity` must not skip at all when
+`MPC_JAX_STRICT_SKIPS=1` (CI sets it): a skip there is reported as a failure.
 """
 import os
 import tempfile
@@ -18,12 +22,32 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+SHARED_FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
-  """`../shared/fixtures` next to the repository root; tests that need it skip where it is absent."""
+  """`tests/fixtures/`, the reference numbers the parity tests compare against."""
   if not FIXTURES.is_dir():
-    pytest.skip(f"fixtures not found at {FIXTURES}")
+    raise FileNotFoundError(f"{FIXTURES} is missing: the parity fixtures are part of the repository")
   return FIXTURES
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "parity: compares against reference numbers; must not skip in CI")
+  config.addinivalue_line("markers", "slow: end-to-end test that takes more than a few seconds")
+
+
+def _strict_skips():
+  return os.environ.get("MPC_JAX_STRICT_SKIPS", "0") not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  report = outcome.get_result()
+  if report.skipped and _strict_skips() and item.get_closest_marker("parity") is not None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"parity test skipped under MPC_JAX_STRICT_SKIPS=1: {reason}"

@@ -31,6 +31,7 @@ def random_state_dict_from_tsv(path, seed=0):
   return sd, [l.split("\t")[0] for l in lines]
 
 
+@pytest.mark.parity
 def test_hrt_base_state_dict_converts_completely(fixtures_dir):
   sd, keys = random_state_dict_from_tsv(fixtures_dir / "hrt_base_mpc_state_dict.tsv")
   model = from_torch_state_dict(sd)  # None = HRT-base, catnet head
@@ -42,6 +43,7 @@ def test_hrt_base_state_dict_converts_completely(fixtures_dir):
     np.testing.assert_array_equal(back[key], sd[key], err_msg=key)
 
 
+@pytest.mark.parity
 def test_round_trip_is_bit_exact(fixtures_dir, tmp_path):
   _, meta, sd = load_parity_fixture(fixtures_dir)
   model = from_torch_state_dict(sd, meta["hrformer_config"])
@@ -94,12 +96,6 @@ def test_file_formats_and_cli(tmp_path, capsys):
   from safetensors.numpy import save_file
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
   paths = [tmp_path / "w.npz", tmp_path / "w.safetensors"]
-  try:
-    import torch
-    torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, tmp_path / "w.pth")
-    paths.append(tmp_path / "w.pth")
-  except ImportError:
-    pass
   cfg_path = tmp_path / "cfg.json"
   import json
   cfg_path.write_text(json.dumps(MICRO))
@@ -114,3 +110,17 @@ def test_file_formats_and_cli(tmp_path, capsys):
   assert cli_main([str(paths[0]), "--out", str(tmp_path / "y"), "--head", "casiav2",
                    "--hrformer-config", str(cfg_path)]) == 1
   assert "missing keys" in capsys.readouterr().err
+
+
+def test_pth_checkpoint_converts(tmp_path):
+  """A `.pth` file as the reference saves it (`{"state_dict": ...}` of torch tensors)."""
+  torch = pytest.importorskip("torch")
+  from mpc_jax.models import build_mpc
+  source = build_mpc(MICRO, seed=3)
+  source.eval()
+  sd = to_torch_state_dict(source)
+  torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, tmp_path / "w.pth")
+  loaded = load_state_dict_file(tmp_path / "w.pth")
+  assert set(loaded) == set(sd)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(loaded[key], value, err_msg=key)

@@ -117,6 +117,7 @@ def _fixture_case(fixtures_dir, c):
     return va, vb, d[p + "mask_hw"][None], ref
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case", [0, 1, 2])
 def test_fixture_parity(fixtures_dir, case):
     va, vb, m, ref = _fixture_case(fixtures_dir, case)

@@ -42,6 +42,7 @@ def load_parity_fixture(fixtures_dir):
   return data, meta, sd
 
 
+@pytest.mark.parity
 def test_parity_with_reference_fixture(fixtures_dir):
   data, meta, sd = load_parity_fixture(fixtures_dir)
   model = from_torch_state_dict(sd, meta["hrformer_config"])
