@@ -48,7 +48,7 @@ def _np_info_nce(q, n, t=0.1):
     return float(np.mean(lse - logits[:, 0]))
 
 
-def _np_image_loss(va, vb, mask):
+def _np_image_loss(va, vb, mask, t=0.1):
     """Reference MyLoss for one image (no sampling: every set is used whole)."""
     H, W = mask.shape
     gts = [mask] + [_np_nearest(mask, H // 2**s, W // 2**s) for s in (1, 2, 3)]
@@ -56,9 +56,9 @@ def _np_image_loss(va, vb, mask):
     N = [va[s][gts[s] == 1] for s in range(4)]
     qc, nc = np.concatenate(Q[1:]), np.concatenate(N[1:])
     q0b, n0b = vb[0][gts[0] == 0], vb[0][gts[0] == 1]
-    intra = _np_info_nce(Q[0], N[0])
-    cs = _np_info_nce(Q[0], nc) + _np_info_nce(qc, N[0])
-    cm = _np_info_nce(Q[0], n0b) + _np_info_nce(q0b, N[0])
+    intra = _np_info_nce(Q[0], N[0], t)
+    cs = _np_info_nce(Q[0], nc, t) + _np_info_nce(qc, N[0], t)
+    cm = _np_info_nce(Q[0], n0b, t) + _np_info_nce(q0b, N[0], t)
     return {"total": intra + cs + cm, "intra": intra, "cross_scale": cs, "cross_modality": cm}
 
 
@@ -315,3 +315,55 @@ def test_focal_loss_matches_torch():
     ref = ((0.5 * tgt + 0.5 * (1 - tgt)) * ce * (1 - p_t) ** 2).mean().item()
     out = sigmoid_focal_loss(np.transpose(logits, (0, 2, 3, 1)), target[:, 0])
     np.testing.assert_allclose(float(out), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.75])
+def test_focal_loss_alpha_weights_the_forged_class(alpha):
+    # hand-computed: one forged pixel with logit 0 (p = 0.5) and one authentic pixel with logit 0:
+    # each has CE = log 2 and (1 - p_t)^2 = 1/4; the forged one is weighted alpha, the other 1 - alpha
+    out = float(sigmoid_focal_loss(np.zeros((1, 1, 2), np.float32), np.array([[[1.0, 0.0]]], np.float32),
+                                   alpha=alpha))
+    assert out == pytest.approx((alpha + (1 - alpha)) * np.log(2) / 4 / 2)
+    only_forged = float(sigmoid_focal_loss(np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32),
+                                           alpha=alpha))
+    assert only_forged == pytest.approx(alpha * np.log(2) / 4)
+    rng = np.random.default_rng(11)
+    logits = (rng.normal(size=(2, 7, 9)) * 2).astype(np.float32)
+    target = (rng.random((2, 7, 9)) > 0.7).astype(np.float32)
+    np.testing.assert_allclose(float(sigmoid_focal_loss(logits, target, alpha=alpha)),
+                               _np_focal(logits, target, alpha=alpha), rtol=1e-5)
+
+
+def _np_global_batch_loss(view_a, view_b, mask, t=0.1):
+    """The loss with negatives='global' and every set whole: each image's intra term also has, as
+    negatives, the forged scale-0 pixels of view a of every OTHER image in the batch."""
+    B = mask.shape[0]
+    forged0 = [view_a[0][i][mask[i] == 1] for i in range(B)]
+    per = []
+    for i in range(B):
+        va, vb = [v[i] for v in view_a], [v[i] for v in view_b]
+        parts = _np_image_loss(va, vb, mask[i], t)
+        others = [forged0[j] for j in range(B) if j != i]
+        negatives = np.concatenate([va[0][mask[i] == 1]] + others)
+        parts["intra"] = _np_info_nce(va[0][mask[i] == 0], negatives, t)
+        parts["total"] = parts["intra"] + parts["cross_scale"] + parts["cross_modality"]
+        per.append(parts)
+    return {k: float(np.mean([p[k] for p in per])) for k in PARTS}
+
+
+@pytest.mark.parametrize("chunk_size", [None, 8])
+def test_global_negatives_match_numpy(chunk_size):
+    rng = np.random.default_rng(12)
+    masks = [_blob_mask(rng, 8, 8, 0.3 + 0.1 * i) for i in range(4)]
+    masks[1][:] = 0.0  # authentic: nothing in the bank, but its intra term sees the others' pixels
+    masks[2][:] = 1.0  # fully forged: no queries, all of its pixels are negatives for the others
+    va, vb, m = _make_batch(rng, masks)
+    out = _fwd(va, vb, m, key=KEY, negatives="global", num_samples=64, bank_per_image=64,
+               chunk_size=chunk_size)
+    _assert_parts(out, _np_global_batch_loss(va, vb, m), rtol=2e-5)
+    # and it differs from the per-image loss (the bank matters)
+    assert abs(float(out["intra"]) - _np_batch_loss(va, vb, m)["intra"]) > 1e-3
+    # temperature reaches the bank's logits too
+    out_t = _fwd(va, vb, m, key=KEY, negatives="global", num_samples=64, bank_per_image=64,
+                 chunk_size=chunk_size, temperature=0.5)
+    _assert_parts(out_t, _np_global_batch_loss(va, vb, m, t=0.5), rtol=2e-5)

@@ -26,6 +26,21 @@ def _random_case(rng, n=6, h=23, w=31):
     return prob, gt
 
 
+def _np_bilinear_half_pixel(x, h, w):
+    """Bilinear resize with half-pixel centres and edge clamping (OpenCV INTER_LINEAR, PyTorch
+    align_corners=False without antialias), written out per axis in float64."""
+    def weights(n_in, n_out):
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = src - lo
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), lo] += 1 - frac
+        m[np.arange(n_out), hi] += frac
+        return m
+    return weights(x.shape[0], h) @ np.asarray(x, np.float64) @ weights(x.shape[1], w).T
+
+
 def _sk_f1(gt, pred):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -130,8 +145,7 @@ def test_evaluator_resizes_prediction_to_mask_and_batches_agree():
     low = rng.random((10, 14)).astype(np.float32)
     ev = M.Evaluator(bins=BINS)
     [row] = ev.add(low, gt, name="x")
-    up = M.resize_prob(low, gt.shape)
-    assert up.shape == gt.shape
+    up = _np_bilinear_half_pixel(low, *gt.shape)
     assert row["f1"] == pytest.approx(_sk_f1(gt, up > 0.5))
     assert row["score"] == pytest.approx(up.max())
     # batch add == one-by-one add
@@ -144,3 +158,35 @@ def test_evaluator_resizes_prediction_to_mask_and_batches_agree():
     for key in ("forged", "all"):
         for k, v in sa[key].items():
             assert v == pytest.approx(sb[key][k], nan_ok=True)
+
+
+def test_resize_prob_is_half_pixel_bilinear():
+    # hand-computed: centres of 4 outputs over 2 inputs sit at -0.25, 0.25, 0.75, 1.25 (clamped)
+    np.testing.assert_allclose(M.resize_prob(np.array([[0.0, 1.0]]), (1, 4)), [[0, 0.25, 0.75, 1]], atol=1e-6)
+    # 3 outputs over 2 inputs: -1/6 (clamped), 1/2, 7/6 (clamped)
+    np.testing.assert_allclose(M.resize_prob(np.array([[0.2], [0.8]]), (3, 1)), [[0.2], [0.5], [0.8]], atol=1e-6)
+    rng = np.random.default_rng(9)
+    for (h, w), (H, W) in [((10, 14), (37, 53)), ((9, 7), (40, 28)), ((40, 56), (20, 28)), ((33, 21), (13, 17))]:
+        x = rng.random((h, w)).astype(np.float32)
+        np.testing.assert_allclose(M.resize_prob(x, (H, W)), _np_bilinear_half_pixel(x, H, W), atol=2e-6,
+                                   err_msg=f"{(h, w)} -> {(H, W)}")
+
+
+def test_threshold_is_strictly_greater_at_an_exact_tie():
+    # prob exactly 0.5 is not forged: the convention is `prob > 0.5` (the module docstring says where
+    # the reference's `prob * 255 > 127` differs)
+    prob = np.array([[0.5, 0.5001], [0.4999, 1.0]], np.float32)
+    gt = np.array([[1, 1], [0, 0]], np.uint8)
+    # positives: 0.5001 (tp) and 1.0 (fp); 0.5 on a forged pixel is a miss (fn)
+    assert M.pixel_f1(prob, gt) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert M.pixel_iou(prob, gt) == pytest.approx(1 / 3)
+    [row] = M.Evaluator(bins=BINS).add(prob, gt)
+    assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (1, 1, 1, 1)
+    assert row["f1"] == pytest.approx(0.5) and row["iou"] == pytest.approx(1 / 3)
+    # all exactly 0.5: nothing predicted forged
+    half = np.full((3, 3), 0.5, np.float32)
+    gt2 = np.eye(3, dtype=np.uint8)
+    assert M.pixel_f1(half, gt2) == 0.0 and M.pixel_iou(half, gt2) == 0.0
+    ev = M.Evaluator(bins=BINS)
+    ev.add(half, gt2)
+    assert ev.image_level()["tp"] == 0  # image score 0.5 is not above the 0.5 threshold

@@ -1,0 +1,112 @@
+"""Layers with PyTorch semantics, against numpy restatements written from PyTorch's documentation
+(and against PyTorch itself where it is installed)."""
+import jax
+import numpy as np
+import pytest
+
+from mpc_jax.models import layers
+
+
+def _np_batchnorm_train(x, scale, bias, run_mean, run_var, momentum, eps):
+  """`torch.nn.BatchNorm2d` in train mode on `[N, H, W, C]`: normalise with the batch's biased
+  variance; update the running statistics with the unbiased one, weight `momentum` on the batch."""
+  x = x.astype(np.float64)
+  n = x.size // x.shape[-1]
+  mean = x.mean((0, 1, 2))
+  var = ((x - mean) ** 2).mean((0, 1, 2))
+  y = (x - mean) / np.sqrt(var + eps) * scale + bias
+  new_mean = (1 - momentum) * run_mean + momentum * mean
+  new_var = (1 - momentum) * run_var + momentum * var * n / (n - 1)
+  return y, new_mean, new_var
+
+
+def _batchnorm(c, rng, momentum=0.1, eps=1e-5):
+  bn = layers.BatchNorm(c, eps=eps, momentum=momentum)
+  params = {k: rng.normal(size=c).astype(np.float32) for k in ("scale", "bias", "mean")}
+  params["var"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+  for k, v in params.items():
+    getattr(bn, k).set_value(jax.numpy.asarray(v))
+  return bn, params
+
+
+@pytest.mark.parametrize("momentum,eps", [(0.1, 1e-5), (0.03, 1e-3)])
+def test_batchnorm_train_steps_and_eval_match_numpy(momentum, eps):
+  rng = np.random.default_rng(0)
+  c = 5
+  bn, p = _batchnorm(c, rng, momentum, eps)
+  run_mean, run_var = p["mean"].astype(np.float64), p["var"].astype(np.float64)
+  for step in range(3):  # three train steps: the running statistics compound as in PyTorch
+    x = (rng.normal(size=(2, 3, 4, c)) * (1 + step) + step).astype(np.float32)
+    y = np.asarray(bn(jax.numpy.asarray(x)))
+    want, run_mean, run_var = _np_batchnorm_train(x, p["scale"], p["bias"], run_mean, run_var, momentum, eps)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), run_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(bn.var[...]), run_var, rtol=1e-6, atol=1e-7)
+  assert int(bn.num_batches_tracked[...]) == 3
+  bn.use_running_average = True
+  x = rng.normal(size=(1, 2, 2, c)).astype(np.float32)
+  want = (x - run_mean) / np.sqrt(run_var + eps) * p["scale"] + p["bias"]
+  np.testing.assert_allclose(np.asarray(bn(jax.numpy.asarray(x))), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(bn.mean[...]), run_mean, rtol=1e-6)  # eval leaves them alone
+
+
+def test_batchnorm_train_step_matches_torch():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  c = 4
+  bn, p = _batchnorm(c, rng)
+  ref = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
+  with torch.no_grad():
+    ref.weight.copy_(torch.tensor(p["scale"]))
+    ref.bias.copy_(torch.tensor(p["bias"]))
+    ref.running_mean.copy_(torch.tensor(p["mean"]))
+    ref.running_var.copy_(torch.tensor(p["var"]))
+  ref.train()
+  for _ in range(2):
+    x = rng.normal(size=(2, 5, 3, c)).astype(np.float32)
+    want = ref(torch.tensor(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(np.asarray(bn(jax.numpy.asarray(x))), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(bn.mean[...]), ref.running_mean.numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(bn.var[...]), ref.running_var.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_layernorm_matches_numpy_with_eps_1e6():
+  rng = np.random.default_rng(2)
+  c = 6
+  ln = layers.LayerNorm(c)
+  scale, bias = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+  ln.scale.set_value(jax.numpy.asarray(scale))
+  ln.bias.set_value(jax.numpy.asarray(bias))
+  # tiny variance, so eps (1e-6, PyTorch's nn.LayerNorm(eps=1e-6) of HRFormer) matters
+  x = (rng.normal(size=(3, c)) * 1e-3).astype(np.float32)
+  xd = x.astype(np.float64)
+  var = xd.var(-1, keepdims=True)
+  want = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(var + 1e-6) * scale + bias
+  np.testing.assert_allclose(np.asarray(ln(jax.numpy.asarray(x))), want, rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_is_exact_erf():
+  from math import erf, sqrt
+  x = np.array([-3.0, -1.0, -0.3, 0.0, 0.7, 2.5], np.float32)
+  want = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x.astype(np.float64)])
+  np.testing.assert_allclose(np.asarray(layers.Act("gelu")(jax.numpy.asarray(x))), want, rtol=1e-6, atol=1e-7)
+
+
+def test_bilinear_align_corners_matches_numpy():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(1, 3, 5, 2)).astype(np.float32)
+
+  def weights(n_in, n_out):  # output i samples input position i * (n_in - 1) / (n_out - 1)
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+      src = i * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+      lo = min(int(np.floor(src)), n_in - 1)
+      hi = min(lo + 1, n_in - 1)
+      m[i, lo] += 1 - (src - lo)
+      m[i, hi] += src - lo
+    return m
+
+  for oh, ow in [(7, 9), (12, 20), (2, 3)]:
+    want = np.einsum("ih,bhwc,jw->bijc", weights(3, oh), x.astype(np.float64), weights(5, ow))
+    np.testing.assert_allclose(np.asarray(layers.resize_bilinear_align_corners(jax.numpy.asarray(x), (oh, ow))),
+                               want, rtol=1e-5, atol=1e-6)
