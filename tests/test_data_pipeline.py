@@ -73,6 +73,22 @@ def test_transform_is_deterministic_and_views_share_geometry():
     assert none["mask"].shape == (S // 4, S // 4) and none["mask"].sum() > 0
 
 
+def test_mask_follows_the_image_through_augmentation():
+    # the forged region is drawn white on black, so after every geometric transform (scale, pad,
+    # flips, rotations, distortions) the bright pixels must still be where the mask says
+    import cv2
+    mask = np.zeros((60, 90), np.uint8)
+    mask[8:30, 20:80] = 1  # off-centre and not square: flips, rotations and transposes all move it
+    image = np.repeat(mask[..., None] * 255, 3, axis=-1).astype(np.uint8)
+    t = TrainTransform(S, 4, augment=True, augment_prob=1.0)
+    agreements = []
+    for seed in range(16):
+        out = t.random_map({"image": image, "mask": mask}, np.random.default_rng(seed))
+        bright = cv2.resize(out["image"].mean(-1), (S // 4, S // 4), interpolation=cv2.INTER_AREA) > 0.5
+        agreements.append(float(np.mean(bright == (out["mask"] > 0.5))))
+    assert min(agreements) > 0.85, agreements
+
+
 def test_determinism_from_seed():
     cfg = _cfg(augment=True)
     batches = []
@@ -195,3 +211,16 @@ def test_worker_processes_and_checkpoint_roundtrip(tmp_path):
     it2.set_state(state)
     for e in ref[2:]:
         np.testing.assert_array_equal(next(it2)["image"], e["image"])
+
+
+def test_mask_resize_is_bilinear_then_above_127():
+    from mpc_jax.data.transforms import resize_mask_like_reference
+    # halving a 4x4 mask averages each 2x2 block (half-pixel bilinear): 1 of 4 forged -> 64 (authentic),
+    # 2 of 4 -> 128 and 3 of 4 -> 191 (forged), 0 of 4 -> 0
+    m = np.zeros((4, 4), np.uint8)
+    m[0, 0] = 1                     # top-left block: 1 of 4
+    m[0, 2:] = 1                    # top-right block: 2 of 4
+    m[2, 0:2] = 1; m[3, 0] = 1      # bottom-left block: 3 of 4
+    out = resize_mask_like_reference(m * 255, 2)
+    np.testing.assert_array_equal(out, [[0, 1], [1, 0]])
+    assert out.dtype == np.float32

@@ -110,3 +110,19 @@ def test_bilinear_align_corners_matches_numpy():
     want = np.einsum("ih,bhwc,jw->bijc", weights(3, oh), x.astype(np.float64), weights(5, ow))
     np.testing.assert_allclose(np.asarray(layers.resize_bilinear_align_corners(jax.numpy.asarray(x), (oh, ow))),
                                want, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_kept():
+  from flax import nnx
+  rate = 0.25
+  dp = layers.DropPath(rate, nnx.Rngs(droppath=0))
+  x = np.ones((4000, 2, 3, 1), np.float32)
+  y = np.asarray(dp(jax.numpy.asarray(x)))
+  per_sample = y.reshape(len(y), -1)
+  assert np.all(per_sample == per_sample[:, :1])  # one draw per sample
+  kept = per_sample[:, 0] != 0
+  np.testing.assert_allclose(per_sample[kept, 0], 1 / (1 - rate), rtol=1e-6)  # timm: x / keep
+  assert abs(1 - kept.mean() - rate) < 0.03  # ~Binomial(4000, 0.25): sd 0.007
+  assert not np.array_equal(y, np.asarray(dp(jax.numpy.asarray(x))))  # a new mask each call
+  dp.deterministic = True
+  np.testing.assert_array_equal(np.asarray(dp(jax.numpy.asarray(x))), x)
