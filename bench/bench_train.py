@@ -24,7 +24,7 @@ rows at the `--remat-sizes` run rematerialised (sizes whose plain step does not 
 Prints each row as it is measured, then a table, and writes bench/results/NAME.json (default name
 `train_PLATFORM_CONFIG_DTYPE`).
 
-`--depthwise` picks how depth-wise convolutions run (`layers.DEPTHWISE_IMPL`: 'xla', 'shift', 'auto').
+`--depthwise` picks how depth-wise convolutions run (`config.model.depthwise`: 'xla', 'shift', 'auto').
 Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
 per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
 (the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
@@ -42,7 +42,7 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import report, time_fn  # noqa: E402
 
 from mpc_jax import compile_cache, distributed, train  # noqa: E402
-from mpc_jax.models import count_params, layers  # noqa: E402
+from mpc_jax.models import count_params  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
 
@@ -51,6 +51,7 @@ def _config(args, size, remat):
   c.model.hrformer = args.config
   c.model.dtype = args.dtype
   c.model.remat = bool(remat)
+  c.model.depthwise = args.depthwise
   c.data.input_size = size
   for s in ("stage1", "stage2"):
     c[s].batch_size = args.batch
@@ -150,7 +151,6 @@ def main():
     p.error(f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}")
   distributed.keep_remat_barriers_on_cpu()  # before the backends exist; a no-op off the CPU
   cache = compile_cache.enable(args.cache_dir or tempfile.mkdtemp(prefix="mpc_jax_bench_cache_"))
-  layers.DEPTHWISE_IMPL = args.depthwise
   mesh = distributed.make_mesh()
   peak = args.peak_tflops or _peak_tflops(args.dtype)
   rows = []

@@ -97,7 +97,7 @@ def build_model(config):
   hrformer = json.loads(m.hrformer_json) if m.get("hrformer_json", "") else m.hrformer
   model = build_mpc(hrformer, m.head, dtype=m.get("dtype", "float32"), seed=int(config.seed),
                     drop_path_rate=None if dpr is None or dpr < 0 else float(dpr),
-                    remat=bool(m.get("remat", False)))
+                    remat=bool(m.get("remat", False)), depthwise=m.get("depthwise", "auto"))
   return model
 
 

@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
       hrformer="hrt_base", hrformer_json="",  # preset name, or a yacs-layout dict as JSON
       head="catnet", drop_path_rate=-1.0,  # < 0: the preset's rate
       dtype="float32",  # compute dtype: float32 or bfloat16 (parameters stay float32)
-      remat=False))     # rematerialise the backbone module by module: less memory, ~10% more compute
+      remat=False,      # rematerialise the backbone module by module: less memory, ~10% more compute
+      depthwise="auto"))  # depth-wise convs: 'auto' (shifted adds on the CPU in eval mode), 'shift', 'xla'
   data = default_data_config().to_dict()
   data["val_sources"] = tuple(data.get("val_sources") or ())  # a tuple: overridable on the command line
   c.data = ml_collections.ConfigDict(data)

@@ -216,16 +216,32 @@ def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
   np.testing.assert_allclose(np.asarray(half, np.float32), want, rtol=0.05, atol=0.05)
 
 
-def test_depthwise_impl_switch(monkeypatch):
-  """Both depth-wise implementations give the same model output; a bad setting names itself."""
-  model = build_mpc(MICRO, seed=0)
-  model.eval()
+def _grouped_convs(model, images):
+  """Number of grouped (depth-wise) XLA convolutions in the traced forward."""
+  import re
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st)(x))(state, images))
+  return sum(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", jaxpr))
+
+
+def test_depthwise_choice_is_the_models_and_auto_follows_backend_and_mode():
+  """Both depth-wise forms give the same output; 'auto' takes the shifted form on the CPU in eval
+  mode only; a bad setting names the field."""
   images = jax.random.uniform(jax.random.key(4), (1, 40, 56, 3))
   outs = {}
   for impl in ("shift", "xla"):
-    monkeypatch.setattr(layers, "DEPTHWISE_IMPL", impl)
+    model = build_mpc(MICRO, seed=0, depthwise=impl)
+    model.eval()
     outs[impl] = np.asarray(model(images))
-  np.testing.assert_allclose(outs["shift"], outs["xla"], rtol=1e-4, atol=1e-5)
-  monkeypatch.setattr(layers, "DEPTHWISE_IMPL", "fast")
-  with pytest.raises(ValueError, match="DEPTHWISE_IMPL"):
-    model(images)
+    assert (_grouped_convs(model, images) == 0) == (impl == "shift")
+  np.testing.assert_allclose(outs["shift"], outs["xla"], rtol=1e-5, atol=1e-6)
+  auto = build_mpc(MICRO, seed=0)
+  assert jax.default_backend() == "cpu"
+  assert _grouped_convs(auto, images) > 0  # train mode: XLA's grouped convolution
+  auto.eval()
+  assert _grouped_convs(auto, images) == 0  # eval mode on the CPU: shifted multiply-adds
+  auto.set_attributes(depthwise="xla")
+  assert _grouped_convs(auto, images) > 0
+  with pytest.raises(ValueError, match="depthwise"):
+    build_mpc(MICRO, depthwise="fast")

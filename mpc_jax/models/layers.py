@@ -34,15 +34,14 @@ class Init:
     return jnp.asarray((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
 
 
-# How depth-wise convolutions (groups == channels) run: 'xla' (XLA's grouped convolution, the
-# default), 'shift' (`depthwise_conv`) or 'auto' ('shift' on the CPU, 'xla' elsewhere). On the CPU
-# the shifted form is 6-15x faster forward and 9-30x faster backward at HRT-base's shapes
-# (`bench/bench_depthwise.py`), but under autodiff XLA keeps its 9 shifted taps for the backward
-# pass, so a training step stores more (HRT-base stage 1 at 256 px: 14.1 vs 10.3 GB) and compiles
-# longer (`bench/results/train_cpu_hrt_base_float32_shift_depthwise.json`). Choose 'shift' on the
-# CPU for prediction, evaluation and frozen-backbone stage 2, or with remat. Read when a function is
-# traced: set it before the first jitted call.
-DEPTHWISE_IMPL = "xla"
+# How depth-wise convolutions (groups == channels) run, per `Conv.depthwise`: 'xla' (XLA's grouped
+# convolution), 'shift' (`depthwise_conv`) or 'auto' (the default: 'shift' on the CPU in eval mode,
+# 'xla' otherwise). On the CPU the shifted form is 6-15x faster forward and 9-30x faster backward at
+# HRT-base's shapes (`bench/bench_depthwise.py`), but under autodiff XLA keeps its 9 shifted taps
+# for the backward pass, so a training step stores more and compiles longer
+# (`bench/results/train_cpu_hrt_base_float32_shift_depthwise.json`); set 'shift' to train on the
+# CPU where that memory is acceptable.
+DEPTHWISE_CHOICES = ("auto", "shift", "xla")
 
 
 def depthwise_conv(x, kernel, stride: int, padding: int):
@@ -74,10 +73,11 @@ def grouped_conv(x, kernel, stride: int, padding: int, groups: int = 1):
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
-def _use_shifted_depthwise() -> bool:
-  if DEPTHWISE_IMPL not in ("auto", "shift", "xla"):
-    raise ValueError(f"layers.DEPTHWISE_IMPL must be 'auto', 'shift' or 'xla', got {DEPTHWISE_IMPL!r}")
-  return DEPTHWISE_IMPL == "shift" or (DEPTHWISE_IMPL == "auto" and jax.default_backend() == "cpu")
+def use_shifted_depthwise(depthwise: str, deterministic: bool) -> bool:
+  """Whether a depth-wise convolution runs as `depthwise_conv` (see `DEPTHWISE_CHOICES`)."""
+  if depthwise not in DEPTHWISE_CHOICES:
+    raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
+  return depthwise == "shift" or (depthwise == "auto" and deterministic and jax.default_backend() == "cpu")
 
 
 class Conv(nnx.Module):
@@ -85,7 +85,9 @@ class Conv(nnx.Module):
 
   `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
   +-1/sqrt(fan_in), bias too); compute runs in `dtype`. Depth-wise convolutions (`groups == cin
-  == cout`) may run as `depthwise_conv` (see `DEPTHWISE_IMPL`).
+  == cout`) may run as `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
+  `model.set_attributes(depthwise=...)` sets it everywhere), `deterministic` is eval mode
+  (`model.eval()` sets it).
   """
 
   def __init__(self, cin, cout, k, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
@@ -93,11 +95,14 @@ class Conv(nnx.Module):
     self.kernel = nnx.Param(init.uniform((k, k, cin // groups, cout), bound))
     self.bias = nnx.Param(init.uniform((cout,), bound)) if bias else None
     self.stride, self.padding, self.groups, self.dtype = stride, padding, groups, dtype
+    self.depthwise = "auto"
+    self.deterministic = False
 
   def __call__(self, x):
     p = self.padding
     kernel = self.kernel[...]
-    if self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and _use_shifted_depthwise():
+    if self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and \
+        use_shifted_depthwise(self.depthwise, self.deterministic):
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
     else:
       y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p, self.groups)

@@ -6,7 +6,7 @@ from flax import nnx
 
 from mpc_jax.models.head import LocalizationHead
 from mpc_jax.models.hrformer import HRFormer
-from mpc_jax.models.layers import Init, resize_bilinear_align_corners
+from mpc_jax.models.layers import DEPTHWISE_CHOICES, Init, resize_bilinear_align_corners
 
 
 def fuse(features):
@@ -40,19 +40,25 @@ class MPC(nnx.Module):
 
 
 def build_mpc(hrformer_config="hrt_base", head: str = "catnet", *, dtype=jnp.float32, seed: int = 0,
-              drop_path_rate=None, remat: bool = False) -> MPC:
+              drop_path_rate=None, remat: bool = False, depthwise: str = "auto") -> MPC:
   """A randomly initialised MPC model (train mode). `dtype` is the compute dtype; params stay f32.
 
   `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
   `hrt_base_win15`) or a yacs-layout dict. Drop path draws from the `droppath` RNG stream.
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
+  `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU in eval
+  mode, XLA's grouped convolution otherwise), 'shift' or 'xla'; the same values either way.
   """
+  if depthwise not in DEPTHWISE_CHOICES:
+    raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
   if isinstance(dtype, str):
     if dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     dtype = jnp.dtype(dtype)
-  return MPC(hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate,
-             remat=bool(remat))
+  model = MPC(hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate,
+              remat=bool(remat))
+  model.set_attributes(depthwise=depthwise)
+  return model
 
 
 def count_params(model) -> int:
