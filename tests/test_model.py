@@ -270,3 +270,20 @@ def test_depthwise_impl_switch(monkeypatch):
   monkeypatch.setattr(layers, "DEPTHWISE_IMPL", "fast")
   with pytest.raises(ValueError, match="DEPTHWISE_IMPL"):
     model(images)
+
+
+def test_transformer_block_layernorms_match_torch_semantics_at_small_variance():
+  """The blocks' norm1/norm2 are `nn.LayerNorm(eps=1e-6)` (biased variance, eps inside the root):
+  a numpy restatement on tokens whose variance (1e-6) is comparable to eps."""
+  block = build_mpc(MICRO, seed=0).backbone.stage2[0].branches[0][0]
+  rng = np.random.default_rng(0)
+  x = (1e-3 * rng.standard_normal((2, 3, 5, 8))).astype(np.float32)
+  for norm in (block.norm1, block.norm2):
+    w = rng.normal(1.0, 0.1, 8).astype(np.float32)
+    b = rng.normal(0.0, 0.1, 8).astype(np.float32)
+    norm.scale.set_value(jnp.asarray(w))
+    norm.bias.set_value(jnp.asarray(b))
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(-1, keepdims=True)
+    want = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-6) * w + b
+    np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
