@@ -73,7 +73,9 @@ def _source_root(spec: str, source) -> str | None:
   if pairs is None:
     return None
   path = os.path.expanduser(spec)
-  if os.path.isdir(path):
+  if spec.startswith("layout:"):
+    cand = os.path.expanduser(spec.split(":", 2)[2])
+  elif os.path.isdir(path):
     cand = path
   elif os.path.isfile(path):
     cand = os.path.dirname(os.path.abspath(path))

@@ -281,14 +281,7 @@ def test_tiny_training_run_reads_arrayrecord_shards(tmp_path):
   config.stage2.checkpoint_every = 2
   config.export_models = False
   result = train.train_and_evaluate(config, str(tmp_path / "work"))
-  assert result is not None
-  losses = [v for k, v in _flatten(result) if "loss" in k]
-  assert losses and all(np.isfinite(v) for v in losses)
-
-
-def _flatten(d, prefix=""):
-  if isinstance(d, dict):
-    for k, v in d.items():
-      yield from _flatten(v, f"{prefix}/{k}")
-  elif isinstance(d, (int, float)):
-    yield prefix, float(d)
+  assert "preempted" not in result
+  assert (tmp_path / "work" / "stage2" / "checkpoints" / "2").is_dir()  # 2 steps ran and were saved
+  saved = json.loads((tmp_path / "work" / "config.json").read_text())
+  assert saved["data"]["sources"][0]["spec"].startswith("arrayrecord:")

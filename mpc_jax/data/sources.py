@@ -13,6 +13,8 @@ Every source has `len(src)` and `src[i]`; a record is a dict
   * `tfds:NAME[:SPLIT]` (a TFDS `array_record` data source; `data_dir` from `$TFDS_DATA_DIR`);
   * `arrayrecord:DIR[:NAME]` (shards written by `mpc-jax prepare`; `NAME` picks one packed source, see
     `mpc_jax.data.arrayrecord`);
+  * `layout:NAME:ROOT` (a public release's own folder layout, e.g. `layout:nist16:/data/NC2016_Test0613`;
+    see `mpc_jax.data.layouts`);
   * `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]` (in-memory synthetic forgeries, see `synthetic.py`).
 
 Bad examples (missing, corrupt or truncated files, a mask whose size differs from its image) follow
@@ -27,6 +29,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import csv
+import functools
 import json
 import logging
 import os
@@ -43,7 +46,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "WeightedSampleSource", "source_from_spec", "pairs_from_folder",
     "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE", "mask_key", "decode_encoded", "raw_example",
+    "MASK_MODES", "read_mask_mode",
 ]
+MASK_MODES = ("binary", "inverted", "nonzero", "columbia")
 
 ON_BAD_EXAMPLE = ("raise", "skip")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
@@ -90,13 +95,19 @@ class PairSource:
       name: for log messages.
       missing: extra `BadExampleError`s found while listing (e.g. unmatched folder files), reported
         under the same policy.
+      mask_mode: how mask files code the tampered pixels (`MASK_MODES`): 'binary' (white, the default),
+        'inverted' (black: NIST16, DSO-1), 'nonzero' (any non-black pixel: Korus' 3-level maps),
+        'columbia' (Columbia's red/green edge-masks).
     Record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'path': str}`.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str | None]], *, on_bad_example: str = "raise",
                  validate: str = "header", name: str = "pairs",
-                 missing: Sequence[BadExampleError] = (), num_threads: int = 8):
+                 missing: Sequence[BadExampleError] = (), num_threads: int = 8, mask_mode: str = "binary"):
         self.on_bad_example = _check_policy(on_bad_example)
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        self.mask_mode = mask_mode
         if validate not in ("header", "full", "none"):
             raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
         self.name = name
@@ -105,7 +116,7 @@ class PairSource:
         for err in missing:
             self._bad(err)
         if validate != "none" and pairs:
-            check = _check_pair_full if validate == "full" else _check_pair_header
+            check = functools.partial(_check_pair_full, mask_mode=mask_mode) if validate == "full" else _check_pair_header
             with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as ex:
                 errors = list(ex.map(check, pairs))
             good = []
@@ -143,7 +154,7 @@ class PairSource:
         if mask_path is None:
             mask = np.zeros(image.shape[:2], np.uint8)
         else:
-            mask = read_mask(mask_path, expected_hw=image.shape[:2])
+            mask = read_mask_mode(mask_path, self.mask_mode, expected_hw=image.shape[:2])
         return {"image": image, "mask": mask, "path": img_path}
 
     def raw(self, index: int) -> dict[str, Any]:
@@ -156,7 +167,8 @@ class PairSource:
         with open(img_path, "rb") as f:
             data = f.read()
         image = decode_image_bytes(data, img_path)
-        mask = b"" if mask_path is None else encode_mask_png(read_mask(mask_path, expected_hw=image.shape[:2]))
+        mask = (b"" if mask_path is None else
+                encode_mask_png(read_mask_mode(mask_path, self.mask_mode, expected_hw=image.shape[:2])))
         return {"image_bytes": data, "mask_bytes": mask, "path": img_path}
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -182,6 +194,26 @@ class PairSource:
         return f"PairSource({self.name!r}, n={len(self)}, on_bad_example={self.on_bad_example!r})"
 
 
+def read_mask_mode(path, mask_mode: str, expected_hw=None) -> np.ndarray:
+    """A mask file as uint8 [H, W] {0, 1} under `mask_mode` (see `PairSource`)."""
+    if mask_mode == "binary":
+        return read_mask(path, expected_hw=expected_hw)
+    if mask_mode == "inverted":
+        mask = 1 - read_mask(path, expected_hw=expected_hw)
+    else:
+        rgb = read_image(path)
+        if mask_mode == "nonzero":
+            mask = (rgb.max(axis=2) > 0).astype(np.uint8)
+        elif mask_mode == "columbia":  # red-ish = spliced region, green = authentic region
+            mask = ((rgb[..., 0] > 127) & (rgb[..., 1] < 128)).astype(np.uint8)
+        else:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        if expected_hw is not None and mask.shape != tuple(int(v) for v in expected_hw[:2]):
+            raise BadExampleError(path, f"mask size {mask.shape[0]}x{mask.shape[1]} differs from its image's "
+                                  f"{int(expected_hw[0])}x{int(expected_hw[1])} (HxW)")
+    return np.ascontiguousarray(mask.astype(np.uint8))
+
+
 def _check_pair_header(pair) -> BadExampleError | None:
     img_path, mask_path = pair
     try:
@@ -199,14 +231,14 @@ def _check_pair_header(pair) -> BadExampleError | None:
     return None
 
 
-def _check_pair_full(pair) -> BadExampleError | None:
+def _check_pair_full(pair, mask_mode: str = "binary") -> BadExampleError | None:
     err = _check_pair_header(pair)
     if err is not None:
         return err
     try:
         image = read_image(pair[0])
         if pair[1] is not None:
-            read_mask(pair[1], expected_hw=image.shape[:2])
+            read_mask_mode(pair[1], mask_mode, expected_hw=image.shape[:2])
     except BadExampleError as e:
         return e
     return None
@@ -630,6 +662,13 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
         if not directory:
             raise ValueError(f"arrayrecord spec must be 'arrayrecord:DIR[:NAME]', got {spec!r}")
         return ArrayRecordSource(directory, name, on_bad_example=on_bad_example)
+    if spec.startswith("layout:"):
+        from mpc_jax.data.layouts import layout_source
+
+        parts = spec.split(":", 2)
+        if len(parts) < 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"layout spec must be 'layout:NAME:ROOT', got {spec!r}")
+        return layout_source(parts[1], parts[2], on_bad_example=on_bad_example, validate=validate)
     if spec.startswith("synthetic:"):
         from mpc_jax.data.synthetic import SyntheticSource
 
