@@ -54,7 +54,7 @@ def make(name, root, seed=0):
     elif coding == "3level":  # white core, grey 'collateral damage' rim inside the tampered band
       mask = m * 255
       rows = np.where(m.any(1))[0]
-      mask[rows[0]] = 128
+      mask[rows[0]] = 64
     elif coding == "edge":  # Columbia: red = spliced, green = authentic
       mask = np.zeros((H, W, 3), np.uint8)
       mask[m == 1] = (255, 0, 0)
