@@ -66,7 +66,8 @@ def layout_examples(layout: str, root: str, name: str):
             log.warning("%s: skipped %s", name, err)
             continue
         rel = os.path.relpath(ex["path"], root)
-        yield rel, {"image_bytes": ex["image_bytes"], "mask_bytes": ex["mask_bytes"], "path": rel, "kind": "tampered"}
+        yield rel, {"image_bytes": ex["image_bytes"], "mask_bytes": ex["mask_bytes"], "path": rel,
+                   "kind": "tampered" if len(ex["mask_bytes"]) else "authentic"}
 
 
 class LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -1,7 +1,7 @@
 """`mpc-jax eval`: one checkpoint on several test sets, the reference's protocol, robustness sweeps.
 
-    mpc-jax eval --checkpoint DIR (--data SPEC [SPEC ...] | --suite paper [--data-root DIR]) [--out DIR] [--mode resize|native]
-                 [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
+    mpc-jax eval --checkpoint DIR (--data SPEC [SPEC ...] | --suite paper [--data-root DIR]) [--out DIR]
+                 [--mode resize|native] [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
                  [--batch-size 4] [--bins 1000] [--limit N] [--skip-bad] [--save-masks]
                  [--perturb all | jpeg,resize,blur,noise | 'jpeg:100,70,50;blur:3,7'] [--seed 0]
 

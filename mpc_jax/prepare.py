@@ -405,7 +405,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                               epilog="\n\n".join(__doc__.split("\n\n")[1:]))
   p.add_argument("specs", nargs="*", metavar="SPEC", help="data sources to pack ([NAME=]SPEC)")
   p.add_argument("--data", nargs="+", action="extend", default=[], metavar="SPEC", help="more sources (as SPEC)")
-  p.add_argument("--out", help="output folder (created; a rerun resumes)")
+  p.add_argument("--out", "--output", "-o", dest="out", help="output folder (created; a rerun resumes)")
   p.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default 1024)")
   p.add_argument("--workers", type=int, default=None,
                  help="processes writing shards (default: one per core, up to 8; 1 = this process)")

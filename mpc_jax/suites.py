@@ -6,7 +6,7 @@
 A suite is a list of entries (dicts):
     name    row name in the table ('DSO-1')
     spec    optional: an explicit spec; `{root}` is replaced by the data root
-    dirs    folder names tried under the data root, in order (case-insensitive; 'a/b' for nested)
+    dirs    folder names tried under the data root, in order (case and punctuation ignored; 'a/b' nested)
     layout  optional: the public release's layout (`mpc_jax.data.layouts`) used for a found folder; without
             it a found folder must hold images/ + masks/ (or be an `mpc-jax prepare` folder)
     tfds    optional: 'NAME[:SPLIT]' used when no folder is found and the TFDS dataset is built
@@ -21,29 +21,31 @@ import importlib.util
 import json
 import math
 import os
+import re
 from typing import Sequence
 
 __all__ = ["PAPER", "SUITES", "load_suite", "resolve_suite", "suite_rows", "suite_markdown", "write_suite"]
 
 # The paper's ten test sets (Table: pixel-level F1 / IoU, threshold 0.5, manipulated images only).
 PAPER = [
-    {"name": "Columbia", "layout": "columbia", "dirs": ("Columbia", "columbia", "Columbia_uncompressed"),
+    {"name": "Columbia", "layout": "columbia", "dirs": ("Columbia", "Columbia_uncompressed", "4cam_splc"),
      "tfds": "columbia:test", "n": 160},
-    {"name": "DSO-1", "layout": "dso1", "dirs": ("DSO-1", "DSO1", "dso", "tifs-database"), "tfds": "dso1:test", "n": 100},
-    {"name": "CASIAv1", "layout": "casia_v1", "dirs": ("CASIAv1", "CASIA1", "CASIA_1.0", "CASIA 1.0", "casia_v1"),
+    {"name": "DSO-1", "layout": "dso1", "dirs": ("DSO-1", "DSO", "tifs-database"), "tfds": "dso1:test", "n": 100},
+    {"name": "CASIAv1", "layout": "casia_v1", "dirs": ("CASIAv1", "CASIA1", "CASIA 1.0", "CASIA 1.0 dataset"),
      "tfds": "casia_v1:test", "n": 920},
-    {"name": "NIST16", "layout": "nist16", "dirs": ("NIST16", "NC2016_Test0613", "NIST", "nist16"), "tfds": "nist16:test",
-     "n": 564},
+    {"name": "NIST16", "layout": "nist16", "dirs": ("NIST16", "NIST2016", "NC2016_Test0613", "NIST"),
+     "tfds": "nist16:test", "n": 564},
     {"name": "Coverage", "layout": "coverage", "dirs": ("Coverage", "COVERAGE"), "tfds": "coverage:test", "n": 100},
-    {"name": "Korus", "layout": "korus", "dirs": ("Korus", "realistic-tampering-dataset", "realistic-tampering"),
+    {"name": "Korus", "layout": "korus",
+     "dirs": ("Korus", "realistic-tampering-dataset", "realistic-tampering", "RealisticTampering"),
      "tfds": "korus:test", "n": 220},
-    {"name": "In-the-Wild", "layout": "in_the_wild", "dirs": ("In-the-Wild", "in_the_wild", "InTheWild", "label_in_wild"),
+    {"name": "In-the-Wild", "layout": "in_the_wild", "dirs": ("In-the-Wild", "Wild", "label_in_wild"),
      "tfds": "in_the_wild:test", "n": 201},
-    {"name": "CoCoGlide", "layout": "cocoglide", "dirs": ("CoCoGlide", "CocoGlide", "cocoglide"), "tfds": "cocoglide:test",
+    {"name": "CoCoGlide", "layout": "cocoglide", "dirs": ("CoCoGlide", "Glide"), "tfds": "cocoglide:test",
      "n": 512},
-    {"name": "MISD", "layout": "misd", "dirs": ("MISD", "misd"), "tfds": "misd:test", "n": 227},
+    {"name": "MISD", "layout": "misd", "dirs": ("MISD",), "tfds": "misd:test", "n": 227},
     # FF++ needs frames extracted from its videos (see mpc_jax.data.layouts): an images/ + masks/ folder.
-    {"name": "FF++", "dirs": ("FF++", "FFpp", "ffpp", "FaceForensics++"), "n": None},
+    {"name": "FF++", "dirs": ("FF++", "FFpp", "FaceForensics++", "FaceForensics"), "n": None},
 ]
 SUITES = {"paper": PAPER}
 
@@ -85,9 +87,26 @@ def _tfds_available(ref: str) -> bool:
   return os.path.isdir(os.path.join(data_dir, ref.split(":")[0]))
 
 
+def _norm(name: str) -> str:
+  return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _find_alias(root: str, name: str) -> str | None:
+  """`root/name` (case-insensitive), else a sub-folder whose name equals it ignoring case and punctuation."""
+  from mpc_jax.data.layouts import find_dir
+
+  if not os.path.isdir(root):
+    return None
+  path = find_dir(root, name)
+  if path is None and "/" not in name:
+    path = next((os.path.join(root, f) for f in sorted(os.listdir(root))
+                 if _norm(f) == _norm(name) and os.path.isdir(os.path.join(root, f))), None)
+  return path
+
+
 def resolve_suite(entries: Sequence[dict], root: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
   """(found [(name, spec)], missing [(name, why)]) for the entries under data root `root`."""
-  from mpc_jax.data.layouts import find_dir, layout_pairs
+  from mpc_jax.data.layouts import layout_pairs
   from mpc_jax.data.sources import source_from_spec
 
   found, missing = [], []
@@ -104,7 +123,7 @@ def resolve_suite(entries: Sequence[dict], root: str) -> tuple[list[tuple[str, s
       except FileNotFoundError as err:
         looked[-1] += f" ({err})"
     for d in e.get("dirs", ()) if spec is None else ():
-      path = find_dir(root, d) if os.path.isdir(root) else None
+      path = _find_alias(root, d)
       looked.append(os.path.join(root, d))
       if path is None:
         continue
@@ -172,9 +191,9 @@ def suite_markdown(name: str, rows: Sequence[dict], missing: Sequence[tuple[str,
   notes = [f"F1 / IoU: mean over manipulated images of per-image pixel scores at threshold 0.5; Mean: over the "
            f"{len(ok)} set(s) evaluated."]
   if any(c.endswith("*") for c in cols):
-    notes.append("*: image count differs from the paper's list (" + ", ".join(
-        f"{r['dataset']} {r['n_forged']} vs {r['n_paper']}" for r in ok if r["n_paper"] and r["n_forged"] != r["n_paper"])
-        + ").")
+    diff = [r for r in ok if r["n_paper"] and r["n_forged"] != r["n_paper"]]
+    notes.append("*: image count differs from the paper's list ("
+                 + ", ".join(f"{r['dataset']} {r['n_forged']} vs {r['n_paper']}" for r in diff) + ").")
   for r in rows:
     if "error" in r:
       notes.append(f"{r['dataset']}: failed: {r['error']}")

@@ -69,8 +69,8 @@ def make(name, root, seed=0):
     _save(os.path.join(root, "4cam_auth", "canong3_02_sub_01.tif"), _authentic(rng))
   elif name == "dso1":
     for k in range(2):
-      forged(f"tifs-database/DSO-1/splicing-0{k + 1}.png", f"tifs-database/DSO-1-Fake-Images-Masks/splicing-0{k + 1}.png",
-             k, "black")
+      forged(f"tifs-database/DSO-1/splicing-0{k + 1}.png",
+             f"tifs-database/DSO-1-Fake-Images-Masks/splicing-0{k + 1}.png", k, "black")
     _save(os.path.join(root, "tifs-database", "DSO-1", "normal-01.png"), _authentic(rng))
   elif name == "casia_v1":
     forged("CASIA 1.0 dataset/Modified Tp/Tp/Sp/Sp_D_CND_A_pla0005_pla0023_0281.jpg",

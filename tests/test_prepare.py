@@ -246,6 +246,8 @@ def test_cli_exit_codes_and_verify(folder, tmp_path):
 
   r = run("--help")
   assert r.returncode == 0 and "arrayrecord" in r.stdout
+  r = run("--version")
+  assert r.returncode == 0 and r.stdout.startswith("mpc-jax ")
   r = run("--out", str(tmp_path / "x"))
   assert r.returncode == 2 and "SPEC" in r.stderr
   r = run(str(tmp_path / "missing_folder"), "--out", str(tmp_path / "x"))

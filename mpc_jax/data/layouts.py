@@ -1,25 +1,28 @@
 """The folder layouts of the public forensic datasets: which file is an image, which its mask.
 
 `layout_pairs(name, root) -> (pairs, mask_mode, errors)` lists the **forged** images of a release (the
-paper's test lists hold only manipulated images) with their masks; `layout_source(name, root)` wraps
-that in a `PairSource` (spec `layout:NAME:ROOT`). Every layout also accepts the plain
+paper's test lists hold only manipulated images) with their masks (in folders that mix forged and
+authentic images, e.g. images/ + masks/, an image without a mask is authentic: `(image, None)`);
+`layout_source(name, root)` wraps that in a `PairSource` (spec `layout:NAME:ROOT`). Every layout also accepts the plain
 `ROOT/images/` + `ROOT/masks/` layout (masks matched by stem, white = tampered). The TFDS builders in
 `data/tfds/` and `mpc-jax eval --suite` use these listings.
 
-| name        | public release (layout)                                                        | mask coding |
-|-------------|---------------------------------------------------------------------------------|-------------|
-| columbia    | Columbia uncompressed: `4cam_splc/*.tif` + `4cam_splc/edgemask/*_edgemask.jpg`   | red = spliced (edge-mask) |
-| dso1        | tifs-database: `DSO-1/splicing-*.png` + `DSO-1-Fake-Images-Masks/splicing-*.png` | black = spliced |
-| casia_v1    | CASIA 1.0 (+ casia1groundtruth): `Tp/{Sp,CM}/*.jpg` (or `Modified Tp/Tp/...`) + `CASIA 1.0 groundtruth/{Sp,CM}/*_gt.png` | white |
-| nist16      | NC2016_Test0613: `reference/manipulation/*-manipulation-ref.csv` ('|'-separated, rows with IsTarget=Y and a ProbeMaskFileName), else `probe/` + `mask/` | black = manipulated |
-| coverage    | COVERAGE: `image/{N}t.tif` + `mask/{N}forged.tif`                                | white |
-| korus       | realistic-tampering: `<camera>/tampered-realistic/*.TIF` + `<camera>/ground-truth/*.PNG` | any non-black (white + grey 'collateral damage') |
-| in_the_wild | Huh et al. 2018: `images/` + `masks/`                                           | white |
-| cocoglide   | TruFor's CocoGlide: `fake/` + `mask/`                                            | white |
-| misd        | MISD: `Sp/` + one of `GT/`, `Sp_GT/`, `Binary_masks/`, `masks/`, `mask/`          | white |
-| tampcoco    | CAT-Net's tampCOCO: `{sp,cm,bcm,bcmc}_images/` + `{sp,cm,bcm,bcmc}_masks/`        | white |
-| imd2020     | IMD2020: `<id>/<id>_orig.jpg`, `<id>/<name>.jpg` + `<id>/<name>_mask.png`         | white |
-| casia_v2    | CASIA v2.0: `Tp/` + `Groundtruth/` (`*_gt.png`), also 'CASIA 2 Groundtruth/'      | white |
+Releases (name: layout; mask coding):
+  columbia     Columbia uncompressed: 4cam_splc/*.tif + 4cam_splc/edgemask/*_edgemask.jpg; red = spliced
+  dso1         tifs-database: DSO-1/splicing-*.png + DSO-1-Fake-Images-Masks/splicing-*.png; black = spliced
+  casia_v1     CASIA 1.0 + casia1groundtruth: Tp/{Sp,CM}/*.jpg (or Modified Tp/Tp/...) +
+               CASIA 1.0 groundtruth/{Sp,CM}/*_gt.png; white
+  nist16       NC2016_Test0613: reference/manipulation/*-manipulation-ref.csv ('|'-separated; rows with
+               IsTarget=Y and a ProbeMaskFileName), else probe/ + mask/; black = manipulated
+  coverage     COVERAGE: image/{N}t.tif + mask/{N}forged.tif; white
+  korus        realistic-tampering: <camera>/tampered-realistic/*.TIF + <camera>/ground-truth/*.PNG;
+               any non-black (white and grey 'collateral damage')
+  in_the_wild  Huh et al. 2018: images/ + masks/; white
+  cocoglide    TruFor's CocoGlide: fake/ + mask/; white
+  misd         MISD: Sp/ + one of GT/, Sp_GT/, Binary_masks/, masks/, mask/; white
+  tampcoco     CAT-Net's tampCOCO: {sp,cm,bcm,bcmc}_images/ + {sp,cm,bcm,bcmc}_masks/; white
+  imd2020      IMD2020: <id>/<id>_orig.jpg (not used), <id>/<name>.jpg + <id>/<name>_mask.png; white
+  casia_v2     CASIA v2.0: Tp/ + Groundtruth/ (*_gt.png; also 'CASIA 2 Groundtruth/'); white
 
 Not supported: FF++ (FaceForensics++) is a video dataset; its masks are per-frame videos
 (`manipulated_sequences/<method>/masks/videos/*.mp4`). The paper's FF++ row needs frames extracted
@@ -67,8 +70,10 @@ def _images(d: str) -> list[str]:
   return sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
-def _match(images_dir: str, masks_dir: str, keep=lambda f: True):
-  """Forged images of `images_dir` (those `keep` accepts) with their masks in `masks_dir`, by stem."""
+def _match(images_dir: str, masks_dir: str, keep=lambda f: True, unmatched: str = "bad"):
+  """Images of `images_dir` (those `keep` accepts) with their masks in `masks_dir`, by stem. An image
+  without a mask is an error (`unmatched='bad'`: releases that name their forged files) or authentic
+  (`'authentic'`: folders that mix both, e.g. images/ + masks/)."""
   from mpc_jax.data.sources import mask_key
 
   by_stem = {}
@@ -81,7 +86,9 @@ def _match(images_dir: str, masks_dir: str, keep=lambda f: True):
     if not keep(f):
       continue
     m = by_stem.get(os.path.splitext(f)[0])
-    if m is None:
+    if m is None and unmatched == "authentic":
+      pairs.append((os.path.join(images_dir, f), None))
+    elif m is None:
       errors.append(BadExampleError(os.path.join(images_dir, f), f"no mask in {masks_dir}"))
     else:
       pairs.append((os.path.join(images_dir, f), os.path.join(masks_dir, m)))
@@ -91,7 +98,7 @@ def _match(images_dir: str, masks_dir: str, keep=lambda f: True):
 def _generic(root):
   d_img, d_mask = find_dir(root, "images"), find_dir(root, "masks")
   if d_img and d_mask:
-    return _match(d_img, d_mask)
+    return _match(d_img, d_mask, unmatched="authentic")
   return None
 
 
@@ -173,7 +180,8 @@ def _coverage(root):
 
 def _korus(root):
   base = find_dir(root, "data-images") or root
-  cams = [os.path.join(base, d) for d in sorted(os.listdir(base)) if find_dir(os.path.join(base, d), "tampered-realistic")]
+  cams = [os.path.join(base, d) for d in sorted(os.listdir(base))
+          if find_dir(os.path.join(base, d), "tampered-realistic")]
   if not cams:
     return None
   pairs, errors = [], []
@@ -194,7 +202,7 @@ def _two_dirs(images, masks, mode="binary"):
     msk = find_dir(root, *masks)
     if not (img and msk):
       return None
-    return _match(img, msk) + (mode,)
+    return _match(img, msk, unmatched="authentic") + (mode,)
   return fn
 
 
@@ -204,7 +212,7 @@ def _tampcoco(root):
     img, msk = find_dir(root, f"{kind}_images"), find_dir(root, f"{kind}_masks")
     if img and msk:
       found = True
-      p, e = _match(img, msk)
+      p, e = _match(img, msk, unmatched="authentic")
       pairs += p
       errors += e
   return (pairs, errors, "binary") if found else None
@@ -250,8 +258,8 @@ LAYOUTS = {
 }
 
 
-def layout_pairs(name: str, root) -> tuple[list[tuple[str, str]], str, list[BadExampleError]]:
-  """(pairs of forged image + mask, mask_mode, listing errors) of release `name` under `root`.
+def layout_pairs(name: str, root) -> tuple[list[tuple[str, str | None]], str, list[BadExampleError]]:
+  """(pairs of image + mask (None: authentic), mask_mode, listing errors) of release `name` under `root`.
 
   Raises FileNotFoundError naming the folder when neither the release's layout nor images/ + masks/
   is found, ValueError for an unknown name."""
@@ -265,9 +273,9 @@ def layout_pairs(name: str, root) -> tuple[list[tuple[str, str]], str, list[BadE
   if found is None:
     generic = _generic(root)
     if generic is None:
-      doc = next((line for line in __doc__.splitlines() if line.startswith(f"| {key} ")), "")
-      raise FileNotFoundError(f"{root}: not the {name} layout {doc.split('|')[2].strip() if doc else ''} "
-                              "nor images/ + masks/")
+      doc = next((line[len(key) + 3:].strip() for line in __doc__.splitlines()
+                  if line.startswith(f"  {key} ")), "")
+      raise FileNotFoundError(f"{root}: not the {name} layout ({doc}) nor images/ + masks/")
     found = generic + ("binary",)
   pairs, errors, mode = found
   return pairs, mode, errors
