@@ -59,10 +59,14 @@ def dataset_name(spec: str) -> tuple[str, str]:
     s = spec.rstrip("/\\")
     if s.startswith(("tfds:", "synthetic:")):
         return s.replace(":", "_"), spec
-    if s.startswith(("arrayrecord:", "layout:")):
-        parts = s.split(":", 2) if s.startswith("layout:") else ["", s[len("arrayrecord:"):]]
-        base = os.path.basename(parts[-1].rstrip("/\\")) or parts[-2]
-        return re.sub(r"[^\w.\-+]", "_", base) or "data", spec
+    if s.startswith("arrayrecord:"):
+        from mpc_jax.data.arrayrecord import parse_spec
+
+        directory, packed = parse_spec(s[len("arrayrecord:"):])
+        return re.sub(r"[^\w.\-+]", "_", packed or os.path.basename(directory.rstrip("/\\"))) or "data", spec
+    if s.startswith("layout:"):
+        parts = s.split(":", 2)
+        return re.sub(r"[^\w.\-+]", "_", os.path.basename(parts[-1].rstrip("/\\")) or parts[1]) or "data", spec
     if ":" in s and not os.path.exists(s):
         s = s.split(":", 1)[0].rstrip("/\\")
     base = os.path.basename(s)

@@ -94,3 +94,9 @@ def test_bad_suite_is_a_usage_error(tmp_path):
   bad.write_text("SUITES = {'x': [{'name': 'A'}]}\n")
   with pytest.raises(ValueError, match="needs 'spec', 'dirs' or 'tfds'"):
     suites.load_suite(str(bad))
+
+
+def test_dataset_names_of_the_new_specs(tmp_path):
+  assert E.dataset_name("arrayrecord:/x/packed")[0] == "packed"
+  assert E.dataset_name("arrayrecord:/x/packed:CASIAv2")[0] == "CASIAv2"
+  assert E.dataset_name("layout:nist16:/data/NC2016_Test0613/")[0] == "NC2016_Test0613"

@@ -237,6 +237,20 @@ def test_pipeline_sharding_resume_and_mixture_from_shards(packed):
     np.testing.assert_array_equal(a["image"], b["image"])
 
 
+def test_grain_worker_process_reads_the_shards(packed):
+  """The source pickles into a grain worker process (shards reopened there): same batches as in-process."""
+  out, _ = packed
+  cfg = pipeline.default_data_config()
+  cfg.input_size, cfg.augment, cfg.read_threads = 32, True, 1
+  cfg.sources = [f"arrayrecord:{out}"]
+  ref = pipeline.make_train_iterator(cfg, seed=1, process_index=0, process_count=1, batch_size_per_process=2)
+  expected = [next(ref) for _ in range(3)]
+  cfg.num_workers = 1
+  it = pipeline.make_train_iterator(cfg, seed=1, process_index=0, process_count=1, batch_size_per_process=2)
+  for e in expected:
+    np.testing.assert_array_equal(next(it)["image"], e["image"])
+
+
 def test_cli_exit_codes_and_verify(folder, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
 
