@@ -1,11 +1,12 @@
 """Input pipeline throughput: ArrayRecord shards (`mpc-jax prepare`) against one file per image.
 
-    python bench/bench_data.py [--num-images 32] [--examples 64] [--batch 8] [--name data]
+    python bench/bench_data.py [--num-images 32] [--examples 64] [--batch 8] [--repeats 3] [--name data]
 
 Per example, for both readers: read + decode the image and mask (512x512 synthetic forgeries, PNG files, or
 the same bytes packed into ArrayRecord shards), the reference augmentation chain with probability 0.75,
 resize to 512 / mask to 128, mask pyramid; batches of 8. Rows: read + decode only (one thread), the full
-example in one Python thread (= examples/s per host core), and the grain pipeline (2 threads).
+example in one Python thread (= examples/s per host core), and the grain pipeline (2 threads). Each row
+is the best of `--repeats` runs (other jobs on a shared machine only ever slow a run down).
 
 The table states how many host cores keep up with the training step rates in `bench/results`: the
 stage-1 / stage-2 images/s of HRT-base at 512 px (GPU rows where present, else the fastest CPU row),
@@ -101,6 +102,7 @@ def main(argv=None):
   p.add_argument("--num-images", type=int, default=32)
   p.add_argument("--examples", type=int, default=64)
   p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--repeats", type=int, default=3, help="runs per row; the best is kept")
   p.add_argument("--name", default="data", help="results file bench/results/<name>.json")
   a = p.parse_args(argv)
   from mpc_jax import prepare
@@ -123,7 +125,7 @@ def main(argv=None):
           ("read + decode", 1, lambda: bench_read(src, a.examples)),
           ("read + decode + augment + batch (per core)", 1, lambda: bench_loop(src, a.examples, a.batch)),
           ("grain pipeline", 2, lambda: bench_grain(spec, 2, a.examples, a.batch))):
-        eps = fn()
+        eps = max(fn() for _ in range(a.repeats))
         row = {"reader": reader, "work": what, "threads": threads, "examples_per_s": eps}
         rows.append(row)
         print(f"{reader} | {what} | {threads} thread(s): {eps:.1f} examples/s", flush=True)
@@ -138,9 +140,10 @@ def main(argv=None):
       "step_rates_images_per_s": {k: {"images_per_s": v[0], "from": v[1]} for k, v in rates.items()},
       "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk, and the same packed "
                 f"({man['bytes'] / 2**20:.1f} MiB of shards, {pack_s:.1f} s to pack with 1 worker)",
-      "batch": a.batch, "examples_timed": a.examples,
+      "batch": a.batch, "examples_timed": a.examples, "repeats_best_of": a.repeats,
       "notes": ["Cores are counted from the one-thread row (decode + augment in one Python thread per core); "
-                "grain worker processes scale that row across cores.",
+                "grain worker processes scale that row across cores; a host feeding D devices needs D times "
+                "the cores of one device's rate.",
                 "Step rates: " + "; ".join(f"{k}: {v[0]:.3g} images/s from {v[1]}" for k, v in rates.items())]}
   report(a.name, rows, ["reader", "work", "threads", "examples_per_s", "cores_stage1", "cores_stage2"], extra)
   for k, v in rates.items():

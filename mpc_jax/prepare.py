@@ -54,11 +54,12 @@ def source_name(spec: str) -> tuple[str, str]:
     if re.fullmatch(r"[\w.\-+]+", name or ""):
       return name, rest
   s = spec.rstrip("/\\")
-  for prefix in ("tfds:", "arrayrecord:", "synthetic:"):
-    if s.startswith(prefix):
-      parts = [p for p in s[len(prefix):].split(":") if p]
-      base = os.path.basename(parts[0].rstrip("/\\")) if parts else prefix[:-1]
-      return re.sub(r"[^\w.\-+]", "_", "_".join([base] + parts[1:]) if prefix != "arrayrecord:" else base), spec
+  if s.startswith("layout:") and s.count(":") >= 2:
+    return re.sub(r"[^\w.\-+]", "_", os.path.basename(s.split(":", 2)[2].rstrip("/\\")) or s.split(":")[1]), spec
+  if s.startswith("arrayrecord:"):
+    return re.sub(r"[^\w.\-+]", "_", os.path.basename(s[len("arrayrecord:"):].rstrip("/\\"))) or "data", spec
+  if s.startswith(("tfds:", "synthetic:")):
+    return re.sub(r"[^\w.\-+]", "_", s), spec
   if ":" in s and not os.path.exists(s):
     s = s.split(":", 1)[0].rstrip("/\\")
   base = os.path.basename(s)
@@ -89,7 +90,7 @@ def _source_root(spec: str, source) -> str | None:
 
 
 def _relative(path: str, root: str | None) -> str:
-  if root is None or not os.path.isabs(os.path.abspath(path)):
+  if root is None:
     return path
   return os.path.relpath(os.path.abspath(path), root)
 

@@ -301,3 +301,18 @@ def test_tiny_training_run_reads_arrayrecord_shards(tmp_path):
   assert (tmp_path / "work" / "stage2" / "checkpoints" / "2").is_dir()  # 2 steps ran and were saved
   saved = json.loads((tmp_path / "work" / "config.json").read_text())
   assert saved["data"]["sources"][0]["spec"].startswith("arrayrecord:")
+
+
+def test_pack_a_public_layout_relative_paths_and_names(tmp_path):
+  from fake_releases import make
+
+  expected = make("nist16", tmp_path / "NC2016_Test0613")  # masks black = manipulated, listed in a CSV
+  man = prep.prepare([f"layout:nist16:{tmp_path / 'NC2016_Test0613'}"], tmp_path / "ar", workers=1, progress=False)
+  assert man["sources"][0]["name"] == "NC2016_Test0613" and man["records"] == len(expected) == 2
+  src = ArrayRecordSource(tmp_path / "ar")
+  for i in range(len(src)):
+    raw, rec = src.raw(i), src[i]
+    assert raw["image_bytes"] == (tmp_path / "NC2016_Test0613" / raw["path"]).read_bytes()
+    np.testing.assert_array_equal(rec["mask"], expected[raw["path"]])
+  assert prep.source_name("tfds:casia_v2:train")[0] == "tfds_casia_v2_train"
+  assert prep.source_name("X=/data/set")[0] == "X" and prep.source_name("/data/CASIAv2/")[0] == "CASIAv2"
