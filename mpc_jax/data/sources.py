@@ -261,9 +261,6 @@ def mask_key(stem: str) -> str:
     return stem
 
 
-_mask_key = mask_key
-
-
 def pairs_from_folder(images_dir, masks_dir, *, missing_mask: str = "bad"
                       ) -> tuple[list[tuple[str, str | None]], list[BadExampleError]]:
     """Match `images_dir/*` and `masks_dir/*` by file stem (mask stems may end in `_gt`, `_mask`, ...).
@@ -283,7 +280,7 @@ def pairs_from_folder(images_dir, masks_dir, *, missing_mask: str = "bad"
         stem = os.path.splitext(f)[0]
         by_stem.setdefault(stem, f)
     for f in masks:  # suffix-stripped stems as a second choice
-        by_stem.setdefault(_mask_key(os.path.splitext(f)[0]), f)
+        by_stem.setdefault(mask_key(os.path.splitext(f)[0]), f)
     pairs, errors, used = [], [], set()
     no_mask = []
     for f in images:
@@ -300,7 +297,7 @@ def pairs_from_folder(images_dir, masks_dir, *, missing_mask: str = "bad"
         pairs.append((os.path.join(images_dir, f), os.path.join(masks_dir, m)))
     no_image = [m for m in masks if m not in used]
     for m in no_image:
-        errors.append(BadExampleError(os.path.join(images_dir, _mask_key(os.path.splitext(m)[0]) + ".*"),
+        errors.append(BadExampleError(os.path.join(images_dir, mask_key(os.path.splitext(m)[0]) + ".*"),
                                       f"file not found: no image for mask {os.path.join(masks_dir, m)}"))
     if no_mask or no_image:
         log.warning("folder pair %s | %s: %d matched, %d image(s) without a mask%s, %d mask(s) without an image%s",
