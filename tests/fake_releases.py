@@ -111,8 +111,8 @@ def make(name, root, seed=0):
       forged(f"Sp/Sp_{k}_multi.jpg", f"GT/Sp_{k}_multi.png", k)
     _save(os.path.join(root, "Au", "Au_0.jpg"), _authentic(rng))
   elif name == "tampcoco":
-    forged("sp_images/000000000009_sp.jpg", "sp_masks/000000000009_sp.png", 0)
-    forged("cm_images/000000000025_cm.jpg", "cm_masks/000000000025_cm.png", 1)
+    forged("sp_images/88_000000013140.jpg_000000574443.jpg.jpg", "sp_masks/88_000000013140.png_000000574443.png.png", 0)
+    forged("cm_images/7_000000000025.jpg_RT-5.8_RS1.18.jpg", "cm_masks/7_000000000025.png_RT-5.8_RS1.18.png", 1)
   elif name == "imd2020":
     for k, d in enumerate(("1a0c5x", "1a1ij1")):
       forged(f"IMD2020/{d}/{d}_0.jpg", f"IMD2020/{d}/{d}_0_mask.png", k)

@@ -20,7 +20,8 @@ Releases (name: layout; mask coding):
   in_the_wild  Huh et al. 2018: images/ + masks/; white
   cocoglide    TruFor's CocoGlide: fake/ + mask/; white
   misd         MISD: Sp/ + one of GT/, Sp_GT/, Binary_masks/, masks/, mask/; white
-  tampcoco     CAT-Net's tampCOCO: {sp,cm,bcm,bcmc}_images/ + {sp,cm,bcm,bcmc}_masks/; white
+  tampcoco     CAT-Net's tampCOCO: {sp,cm,bcm,bcmc}_images/X.jpg_Y.jpg.jpg + {...}_masks/X.png_Y.png.png
+               (every '.jpg' of the name becomes '.png'; else matched by stem); white
   imd2020      IMD2020: <id>/<id>_orig.jpg (not used), <id>/<name>.jpg + <id>/<name>_mask.png; white
   casia_v2     CASIA v2.0: Tp/ + Groundtruth/ (*_gt.png; also 'CASIA 2 Groundtruth/'); white
 
@@ -70,13 +71,13 @@ def _images(d: str) -> list[str]:
   return sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
-def _match(images_dir: str, masks_dir: str, keep=lambda f: True, unmatched: str = "bad"):
+def _match(images_dir: str, masks_dir: str, keep=lambda f: True, unmatched: str = "bad", names=lambda f: ()):
   """Images of `images_dir` (those `keep` accepts) with their masks in `masks_dir`, by stem. An image
   without a mask is an error (`unmatched='bad'`: releases that name their forged files) or authentic
-  (`'authentic'`: folders that mix both, e.g. images/ + masks/)."""
+  (`'authentic'`: folders that mix both, e.g. images/ + masks/). `names(f)`: mask file names tried first."""
   from mpc_jax.data.sources import mask_key
 
-  by_stem = {}
+  by_stem, files = {}, set(_images(masks_dir))
   for f in _images(masks_dir):
     by_stem.setdefault(os.path.splitext(f)[0], f)
   for f in _images(masks_dir):
@@ -85,7 +86,7 @@ def _match(images_dir: str, masks_dir: str, keep=lambda f: True, unmatched: str 
   for f in _images(images_dir):
     if not keep(f):
       continue
-    m = by_stem.get(os.path.splitext(f)[0])
+    m = next((n for n in names(f) if n in files), None) or by_stem.get(os.path.splitext(f)[0])
     if m is None and unmatched == "authentic":
       pairs.append((os.path.join(images_dir, f), None))
     elif m is None:
@@ -212,7 +213,8 @@ def _tampcoco(root):
     img, msk = find_dir(root, f"{kind}_images"), find_dir(root, f"{kind}_masks")
     if img and msk:
       found = True
-      p, e = _match(img, msk, unmatched="authentic")
+      # CAT-Net's release: sp_images/A.jpg_B.jpg.jpg <-> sp_masks/A.png_B.png.png
+      p, e = _match(img, msk, unmatched="authentic", names=lambda f: (re.sub(r"\.jpe?g", ".png", f, flags=re.I),))
       pairs += p
       errors += e
   return (pairs, errors, "binary") if found else None
