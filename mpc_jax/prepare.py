@@ -132,6 +132,8 @@ def _write_shard(task: dict) -> dict:
       if counter is not None:
         with counter.get_lock():
           counter.value += 1
+      if "tick" in _WORKER:
+        _WORKER["tick"]()
   finally:
     writer.close()
   h = hashlib.sha256()
@@ -278,15 +280,14 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
     workers = min(8, os.cpu_count() or 1)
   workers = max(1, min(int(workers), len(tasks) or 1))
   if workers <= 1:
-    _init_worker(sources, None)
-    done = done_before
+    counter = multiprocessing.Value("q", 0)
+    _init_worker(sources, counter)
+    _WORKER["tick"] = lambda: bar.update(done_before + counter.value, bad_now)
     try:
       for task in tasks:
         m = _write_shard(task)
         markers[task["path"]] = m
-        done += task["end"] - task["start"]
         bad_now += len(m["bad"])
-        bar.update(done, bad_now)
     finally:
       _WORKER.clear()
   else:
