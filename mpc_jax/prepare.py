@@ -6,7 +6,8 @@
 
 SPEC: anything `source_from_spec` reads (a folder with images/ + masks/, `IMAGES_DIR:MASKS_DIR`, a
 .txt/.csv/.npy list, an IMDL-BenCo .json, `tfds:NAME[:SPLIT]`, `arrayrecord:DIR`, `synthetic:N`);
-`NAME=SPEC` names the source (default: the folder / file name). Each source gets its own shards,
+`NAME=SPEC` names the source (default: the folder / file name). A folder of images without masks
+(`DIR/*.jpg`, or `DIR/images/` and no `masks/`) is packed as authentic. Each source gets its own shards,
 `NAME-00000-of-000NN.array_record`, records in the source's order; `arrayrecord:DIR:NAME` reads one source
 (so a mixture can weight them), `arrayrecord:DIR` all of them.
 
@@ -66,6 +67,21 @@ def source_name(spec: str) -> tuple[str, str]:
   if base in ("images", "imgs", "Tp") and os.path.dirname(s):
     base = os.path.basename(os.path.dirname(s))
   return re.sub(r"[^\w.\-+]", "_", os.path.splitext(base)[0]) or "data", spec
+
+
+def _authentic_folder(spec: str):
+  """A folder of images without masks (`DIR/*.jpg`, or `DIR/images/` with no `masks/`): all authentic.
+  None for any other spec (read by `source_from_spec`)."""
+  from mpc_jax.data.sources import IMAGE_EXTENSIONS, PairSource
+
+  path = os.path.expanduser(spec)
+  if not os.path.isdir(path) or os.path.isdir(os.path.join(path, "masks")):
+    return None
+  d = os.path.join(path, "images") if os.path.isdir(os.path.join(path, "images")) else path
+  files = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+  if not files:
+    return None
+  return PairSource([(os.path.join(d, f), None) for f in files], on_bad_example="skip", validate="none", name=path)
 
 
 def _source_root(spec: str, source) -> str | None:
@@ -228,7 +244,9 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
   t0 = time.time()
   sources, roots, listing_bad = [], [], []
   for name, spec in named:
-    src = source_from_spec(spec, on_bad_example="skip", validate="none", missing_mask=missing_mask)
+    src = _authentic_folder(spec) if missing_mask == "authentic" else None
+    if src is None:
+      src = source_from_spec(spec, on_bad_example="skip", validate="none", missing_mask=missing_mask)
     sources.append(src)
     roots.append(_source_root(spec, src))
     listing_bad.append([{"path": p, "reason": r} for p, r in getattr(src, "bad_examples", [])])

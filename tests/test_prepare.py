@@ -316,3 +316,17 @@ def test_pack_a_public_layout_relative_paths_and_names(tmp_path):
     np.testing.assert_array_equal(rec["mask"], expected[raw["path"]])
   assert prep.source_name("tfds:casia_v2:train")[0] == "tfds_casia_v2_train"
   assert prep.source_name("X=/data/set")[0] == "X" and prep.source_name("/data/CASIAv2/")[0] == "CASIAv2"
+
+
+def test_a_folder_without_masks_is_packed_as_authentic(tmp_path):
+  (tmp_path / "au").mkdir()
+  rng = np.random.default_rng(3)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "au" / f"a{i}.jpg")
+  (tmp_path / "au" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+  man = prep.prepare([str(tmp_path / "au")], tmp_path / "ar", workers=1, progress=False)
+  assert (man["records"], man["authentic"], man["forged"], man["bad"]) == (3, 3, 0, 1)
+  recs = _stored_records(tmp_path / "ar")
+  assert sorted(r["path"] for r in recs) == ["a0.jpg", "a1.jpg", "a2.jpg"] and all(r["mask"] == b"" for r in recs)
+  with pytest.raises(FileNotFoundError, match="images/"):  # without --missing-mask authentic it stays an error
+    prep.prepare([str(tmp_path / "au")], tmp_path / "ar2", workers=1, progress=False, missing_mask="bad")
