@@ -366,7 +366,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         root = args.data_root or os.environ.get("MPC_JAX_DATA") or "data"
         found, missing = suites.resolve_suite(suite[1], root)
         for name, why in missing:
-            print(f"{p.prog}: suite {suite[0]}: {name} {why}", file=sys.stderr)
+            print(f"{p.prog}: suite {suite[0]}: {name} not found ({why})", file=sys.stderr)
         args.data = list(args.data) + [f"{name}={spec}" for name, spec in found]
         if not args.data:
             print(f"{p.prog}: suite {suite[0]}: no set found under {root}", file=sys.stderr)

@@ -147,7 +147,7 @@ def resolve_suite(entries: Sequence[dict], root: str) -> tuple[list[tuple[str, s
       if _tfds_available(e["tfds"]):
         spec = f"tfds:{e['tfds']}"
     if spec is None:
-      missing.append((name, "not found; looked for " + ", ".join(looked)))
+      missing.append((name, "looked for " + ", ".join(looked)))
     else:
       found.append((name, spec))
   return found, missing
