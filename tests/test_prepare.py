@@ -330,3 +330,15 @@ def test_a_folder_without_masks_is_packed_as_authentic(tmp_path):
   assert sorted(r["path"] for r in recs) == ["a0.jpg", "a1.jpg", "a2.jpg"] and all(r["mask"] == b"" for r in recs)
   with pytest.raises(FileNotFoundError, match="images/"):  # without --missing-mask authentic it stays an error
     prep.prepare([str(tmp_path / "au")], tmp_path / "ar2", workers=1, progress=False, missing_mask="bad")
+
+
+def test_train_cli_takes_arrayrecord_sources_on_the_command_line(tmp_path):
+  """`--config.data.sources='("arrayrecord:DIR",)'` is a valid override (a tuple field); a missing folder is
+  then reported by name, in one line."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  r = subprocess.run([sys.executable, "-m", "mpc_jax.main", "train", "--config", str(ROOT / "configs" / "demo.py"),
+                      "--workdir", str(tmp_path / "w"), f"--config.data.sources=('arrayrecord:{tmp_path}/nowhere',)",
+                      "--config.stages=('stage2',)"], capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "arrayrecord folder not found" in r.stderr and "nowhere" in r.stderr
+  assert "not supported for overriding" not in r.stderr
