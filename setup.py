@@ -16,6 +16,8 @@ setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
         "grain>=0.2.12",
+        "array_record>=0.8,<0.9",  # `mpc-jax prepare` / `arrayrecord:` shards (cp311 and cp312 wheels)
+        "msgpack>=1.0",  # the shards' record format
         "ml-collections>=1.0",
         "clu>=0.0.12",
         "absl-py>=2.1",

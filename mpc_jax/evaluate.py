@@ -1,12 +1,19 @@
 """`mpc-jax eval`: one checkpoint on several test sets, the reference's protocol, robustness sweeps.
 
-    mpc-jax eval --checkpoint DIR --data SPEC [SPEC ...] [--out DIR] [--mode resize|native]
-                 [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
+    mpc-jax eval --checkpoint DIR (--data SPEC [SPEC ...] | --suite paper [--data-root DIR]) [--out DIR]
+                 [--mode resize|native] [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
                  [--batch-size 4] [--bins 1000] [--limit N] [--skip-bad] [--save-masks]
                  [--perturb all | jpeg,resize,blur,noise | 'jpeg:100,70,50;blur:3,7'] [--seed 0]
 
 SPEC: a folder with images/ and masks/, `IMAGES_DIR:MASKS_DIR`, a .txt/.csv/.npy list, an IMDL-BenCo .json,
-`tfds:NAME[:SPLIT]` or `synthetic:N[:SEED[:SIZE]]`; `NAME=SPEC` names the row (default: the file/folder name).
+`tfds:NAME[:SPLIT]`, `arrayrecord:DIR[:NAME]`, `layout:NAME:ROOT` or `synthetic:N[:SEED[:SIZE]]`; `NAME=SPEC` names
+the row (default: the file/folder name).
+
+`--suite paper` evaluates every set of the paper's protocol found under `--data-root` (default `$MPC_JAX_DATA`,
+else `./data`): folder names, public-release layouts and TFDS fallbacks are listed in `mpc_jax/suites.py`;
+`--suite FILE.py[:NAME]` reads your own list (see `configs/suites.py`). It writes `suite_<name>.md/.json/.csv`, one
+table like the paper's (per-set F1 and IoU over manipulated images, and their mean); sets not found are named in a
+footnote.
 
 Protocol (`--mode`, alias `--protocol`; the same flags and defaults as `mpc-jax predict`): `resize` (default,
 the reference's `stage2/test.py`): the image is resized to the size the model was trained at (`--size`; from
@@ -52,6 +59,14 @@ def dataset_name(spec: str) -> tuple[str, str]:
     s = spec.rstrip("/\\")
     if s.startswith(("tfds:", "synthetic:")):
         return s.replace(":", "_"), spec
+    if s.startswith("arrayrecord:"):
+        from mpc_jax.data.arrayrecord import parse_spec
+
+        directory, packed = parse_spec(s[len("arrayrecord:"):])
+        return re.sub(r"[^\w.\-+]", "_", packed or os.path.basename(directory.rstrip("/\\"))) or "data", spec
+    if s.startswith("layout:"):
+        parts = s.split(":", 2)
+        return re.sub(r"[^\w.\-+]", "_", os.path.basename(parts[-1].rstrip("/\\")) or parts[1]) or "data", spec
     if ":" in s and not os.path.exists(s):
         s = s.split(":", 1)[0].rstrip("/\\")
     base = os.path.basename(s)
@@ -315,8 +330,13 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="mpc-jax eval", description=__doc__.split("\n\n")[0])
     add_model_args(p)
-    p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SPEC",
-                   help="test sets: folder (images/ + masks/), list .txt/.csv/.npy/.json, tfds:NAME[:SPLIT]; NAME=SPEC to name one")
+    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="SPEC",
+                   help="test sets: folder (images/ + masks/), list .txt/.csv/.npy/.json, tfds:NAME[:SPLIT], "
+                        "arrayrecord:DIR, layout:NAME:ROOT; NAME=SPEC to name one")
+    p.add_argument("--suite", metavar="NAME|FILE.py[:NAME]",
+                   help="evaluate a suite of test sets ('paper': the paper's ten), one table (see mpc_jax/suites.py)")
+    p.add_argument("--data-root", default=None,
+                   help="where --suite looks for its sets (default $MPC_JAX_DATA, else ./data)")
     p.add_argument("--out", default=None, help="output folder (default eval_<timestamp>)")
     add_predict_args(p, PredictConfig(), "--protocol")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="score histogram bins (best-threshold F1, AUC)")
@@ -329,11 +349,27 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common_args(p)
     args = p.parse_args(argv)
+    if not args.data and not args.suite:
+        p.error("give --data SPEC [SPEC ...] or --suite NAME")
+    suite = None
     try:
         cfg = config_from_args(args)
         perturbations = perturb_lib.parse_spec(args.perturb)
-    except ValueError as e:
+        if args.suite:
+            from mpc_jax import suites
+
+            suite = suites.load_suite(args.suite)
+    except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
+    missing = []
+    if suite is not None:
+        root = args.data_root or os.environ.get("MPC_JAX_DATA") or "data"
+        found, missing = suites.resolve_suite(suite[1], root)
+        for name, why in missing:
+            print(f"{p.prog}: suite {suite[0]}: {name} not found ({why})", file=sys.stderr)
+        args.data = list(args.data) + [f"{name}={spec}" for name, spec in found]
+        if not args.data:
+            print(f"{p.prog}: suite {suite[0]}: no set found under {root}", file=sys.stderr)
     out = args.out or datetime.datetime.now().strftime("eval_%Y%m%d_%H%M%S")
     model = load_model_from_args(args)
     check_model_use(model, cfg, p.prog)
@@ -348,7 +384,12 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 tile=cfg.tile if cfg.mode == "native" else None, threshold=cfg.threshold, bins=args.bins,
                 limit=args.limit, date=datetime.datetime.now().isoformat(timespec="seconds"))
     paths = write_report(results, out, meta)
-    print(markdown_table(results))
+    if suite is not None:
+        rows = suites.suite_rows(results, suite[1])
+        paths.update({f"suite_{k}": v for k, v in suites.write_suite(suite[0], rows, missing, out, meta).items()})
+        print(suites.suite_markdown(suite[0], rows, missing))
+    else:
+        print(markdown_table(results))
     print(f"\nwrote {', '.join(sorted(paths.values()))}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
 

@@ -5,6 +5,7 @@
     mpc-jax predict IMAGE_OR_DIR... --checkpoint DIR --out DIR
     mpc-jax convert IN.pth --out DIR [--head casiav2] [--hrformer-config hrt_base]
     mpc-jax synth   --out DIR --num N --seed S
+    mpc-jax prepare SPEC [SPEC ...] --out DIR [--workers N]
 
 Every command takes `--help`, `--version` and `--debug`. Errors are one line on stderr, exit status 2
 for usage errors and 1 for failures; `--debug` shows the traceback instead.
@@ -20,6 +21,7 @@ COMMANDS = {
     "predict": ("mpc_jax.predict", "Predict forgery maps for images or folders."),
     "convert": ("mpc_jax.convert", "Convert official PyTorch weights to an mpc-jax checkpoint."),
     "synth": ("mpc_jax.data.synthetic", "Write a folder of synthetic forgeries."),
+    "prepare": ("mpc_jax.prepare", "Pack data sources into ArrayRecord shards (read with arrayrecord:DIR)."),
 }
 # Exceptions whose message names the problem by itself; others are shown with their type.
 _PLAIN = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, ImportError)

@@ -63,7 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False,      # rematerialise the backbone module by module: less memory, ~10% more compute
       depthwise="auto"))  # depth-wise convs: 'auto' (shifted adds on the CPU in eval mode), 'shift', 'xla'
   data = default_data_config().to_dict()
-  data["val_sources"] = tuple(data.get("val_sources") or ())  # a tuple: overridable on the command line
+  # tuples: overridable on the command line (--config.data.sources='("arrayrecord:/data/packed",)')
+  data["sources"] = tuple(data.get("sources") or ())
+  data["val_sources"] = tuple(data.get("val_sources") or ())
   c.data = ml_collections.ConfigDict(data)
   c.stage1 = stage_config("stage1")
   c.stage2 = stage_config("stage2")

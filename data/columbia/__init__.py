@@ -1,1 +1,2 @@
-from data.columbia.columbia import Columbia  # noqa: F401 - registers the builder
+"""Moved to `data/tfds/columbia`; this import path keeps working."""
+from data.tfds.columbia import Columbia  # noqa: F401 - registers the builder

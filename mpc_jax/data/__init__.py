@@ -1,5 +1,6 @@
 """Data: decoding (`io`), random-access sources (`sources`), grain transforms and pipelines
-(`transforms`, `pipeline`) and synthetic forgeries (`synthetic`).
+(`transforms`, `pipeline`), synthetic forgeries (`synthetic`), ArrayRecord shards (`arrayrecord`) and the
+public releases' folder layouts (`layouts`).
 
 Submodules load lazily (`mpc_jax.data.pipeline` pulls in grain/jax; `io` and `synthetic` do not).
 Main entry points:
@@ -7,10 +8,11 @@ Main entry points:
   sources.source_from_spec(spec, on_bad_example='raise') -> source ({'image', 'mask', 'path'} records)
   pipeline.default_data_config(); pipeline.make_train_iterator(...); pipeline.make_eval_iterator(...)
   synthetic.generate_example / SyntheticSource / write_dataset / cli_main
+  arrayrecord.ArrayRecordSource(dir, name=None); layouts.layout_source(name, root)
 """
 import importlib
 
-_SUBMODULES = ("io", "sources", "transforms", "pipeline", "synthetic")
+_SUBMODULES = ("io", "sources", "transforms", "pipeline", "synthetic", "arrayrecord", "layouts")
 
 
 def __getattr__(name):

@@ -34,7 +34,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 16384 * 16384)
 
 __all__ = ["BadExampleError", "read_image", "read_mask", "image_size", "check_file_complete", "decode_image_bytes",
-           "decode_mask_bytes"]
+           "decode_mask_bytes", "encode_mask_png"]
 
 
 class BadExampleError(ValueError):
@@ -112,12 +112,17 @@ def _open(path) -> Image.Image:
 
 def _cv2_fallback(path) -> np.ndarray:
     """Decode with OpenCV keeping depth/channels (BGR -> RGB). Raises BadExampleError if it fails."""
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    return _cv2_decode(data, path, "not a readable image file")
+
+
+def _cv2_decode(data: np.ndarray, name, reason: str) -> np.ndarray:
+    """OpenCV decode of encoded bytes keeping depth (BGR -> RGB, alpha dropped, 1-2 channels -> 2-D)."""
     import cv2
 
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if arr is None:
-        raise BadExampleError(path, "not a readable image file")
+        raise BadExampleError(name, reason)
     if arr.ndim == 3 and arr.shape[2] >= 3:
         arr = np.ascontiguousarray(arr[..., [2, 1, 0]])  # drop alpha, BGR -> RGB
     elif arr.ndim == 3 and arr.shape[2] in (1, 2):
@@ -256,12 +261,15 @@ def image_size(path) -> tuple[int, int]:
 
 
 def _decode_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode encoded bytes exactly as `_read_any` / `read_mask` decode the same file."""
     import io as _io
 
     if not data:
         raise BadExampleError(name, "empty file")
     head = data[:26]
-    deep = (head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26 and head[24] == 16 and head[25] in (2, 6))
+    deep = (head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26 and head[12:16] == b"IHDR"
+            and head[24] == 16 and head[25] in (2, 6))
+    tiff = head[:4] in (b"II*\x00", b"MM\x00*")
     if not deep:
         try:
             with warnings.catch_warnings():
@@ -275,15 +283,9 @@ def _decode_bytes(data: bytes, name: str) -> np.ndarray:
         except UnidentifiedImageError:
             pass
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-            raise BadExampleError(name, f"corrupt or truncated image ({e})") from None
-    import cv2
-
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise BadExampleError(name, "not a readable image")
-    if arr.ndim == 3 and arr.shape[2] >= 3:
-        arr = np.ascontiguousarray(arr[..., [2, 1, 0]])
-    return arr
+            if not tiff:  # Pillow lacks some TIFF layouts (16-bit RGB); OpenCV may read them
+                raise BadExampleError(name, f"corrupt or truncated image ({e})") from None
+    return _cv2_decode(np.frombuffer(data, np.uint8), name, "not a readable image")
 
 
 def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -305,3 +307,16 @@ def decode_mask_bytes(data: bytes, name: str = "<bytes>", expected_hw=None) -> n
         raise BadExampleError(name, f"mask size {mask.shape[0]}x{mask.shape[1]} differs from its image's "
                               f"{int(expected_hw[0])}x{int(expected_hw[1])} (HxW)")
     return np.ascontiguousarray(mask)
+
+
+def encode_mask_png(mask01: np.ndarray) -> bytes:
+    """Binary mask uint8/bool [H, W] -> PNG bytes (0/255); b'' when nothing is set (authentic)."""
+    import cv2
+
+    mask01 = np.asarray(mask01)
+    if not mask01.any():
+        return b""
+    ok, buf = cv2.imencode(".png", (mask01 > 0).astype(np.uint8) * 255)
+    if not ok:
+        raise ValueError(f"cannot encode a mask of shape {mask01.shape} as PNG")
+    return buf.tobytes()

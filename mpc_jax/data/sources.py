@@ -11,6 +11,10 @@ Every source has `len(src)` and `src[i]`; a record is a dict
     or the reference's `.npy` list of `(image, mask)` pairs;
   * an IMDL-BenCo `.json` (`[[image, mask_or_"Negative"], ...]`, or a list of `{'image', 'mask'}` dicts);
   * `tfds:NAME[:SPLIT]` (a TFDS `array_record` data source; `data_dir` from `$TFDS_DATA_DIR`);
+  * `arrayrecord:DIR[:NAME]` (shards written by `mpc-jax prepare`; `NAME` picks one packed source, see
+    `mpc_jax.data.arrayrecord`);
+  * `layout:NAME:ROOT` (a public release's own folder layout, e.g. `layout:nist16:/data/NC2016_Test0613`;
+    see `mpc_jax.data.layouts`);
   * `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]` (in-memory synthetic forgeries, see `synthetic.py`).
 
 Bad examples (missing, corrupt or truncated files, a mask whose size differs from its image) follow
@@ -25,6 +29,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import csv
+import functools
 import json
 import logging
 import os
@@ -33,14 +38,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mpc_jax.data.io import BadExampleError, binarize_mask, check_file_complete, image_size, read_image, read_mask
+from mpc_jax.data.io import (BadExampleError, binarize_mask, check_file_complete, decode_image_bytes, decode_mask_bytes,
+                             encode_mask_png, image_size, read_image, read_mask)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "WeightedSampleSource", "source_from_spec", "pairs_from_folder",
-    "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE",
+    "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE", "mask_key", "decode_encoded", "raw_example",
+    "MASK_MODES", "read_mask_mode",
 ]
+MASK_MODES = ("binary", "inverted", "nonzero", "columbia")
 
 ON_BAD_EXAMPLE = ("raise", "skip")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
@@ -87,13 +95,19 @@ class PairSource:
       name: for log messages.
       missing: extra `BadExampleError`s found while listing (e.g. unmatched folder files), reported
         under the same policy.
+      mask_mode: how mask files code the tampered pixels (`MASK_MODES`): 'binary' (white, the default),
+        'inverted' (black: NIST16, DSO-1), 'nonzero' (any non-black pixel: Korus' 3-level maps),
+        'columbia' (Columbia's red/green edge-masks).
     Record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'path': str}`.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str | None]], *, on_bad_example: str = "raise",
                  validate: str = "header", name: str = "pairs",
-                 missing: Sequence[BadExampleError] = (), num_threads: int = 8):
+                 missing: Sequence[BadExampleError] = (), num_threads: int = 8, mask_mode: str = "binary"):
         self.on_bad_example = _check_policy(on_bad_example)
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        self.mask_mode = mask_mode
         if validate not in ("header", "full", "none"):
             raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
         self.name = name
@@ -102,7 +116,7 @@ class PairSource:
         for err in missing:
             self._bad(err)
         if validate != "none" and pairs:
-            check = _check_pair_full if validate == "full" else _check_pair_header
+            check = functools.partial(_check_pair_full, mask_mode=mask_mode) if validate == "full" else _check_pair_header
             with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as ex:
                 errors = list(ex.map(check, pairs))
             good = []
@@ -140,8 +154,22 @@ class PairSource:
         if mask_path is None:
             mask = np.zeros(image.shape[:2], np.uint8)
         else:
-            mask = read_mask(mask_path, expected_hw=image.shape[:2])
+            mask = read_mask_mode(mask_path, self.mask_mode, expected_hw=image.shape[:2])
         return {"image": image, "mask": mask, "path": img_path}
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """Example `index` as stored bytes, checked as `load` checks it (raises `BadExampleError`):
+        `{'image_bytes': the file's bytes, 'mask_bytes': binary PNG (b'' = authentic), 'path': str}`."""
+        img_path, mask_path = self.pairs[int(index)]
+        err = _check_pair_header((img_path, mask_path))
+        if err is not None:
+            raise err
+        with open(img_path, "rb") as f:
+            data = f.read()
+        image = decode_image_bytes(data, img_path)
+        mask = (b"" if mask_path is None else
+                encode_mask_png(read_mask_mode(mask_path, self.mask_mode, expected_hw=image.shape[:2])))
+        return {"image_bytes": data, "mask_bytes": mask, "path": img_path}
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         if not isinstance(index, (int, np.integer)):
@@ -166,6 +194,26 @@ class PairSource:
         return f"PairSource({self.name!r}, n={len(self)}, on_bad_example={self.on_bad_example!r})"
 
 
+def read_mask_mode(path, mask_mode: str, expected_hw=None) -> np.ndarray:
+    """A mask file as uint8 [H, W] {0, 1} under `mask_mode` (see `PairSource`)."""
+    if mask_mode == "binary":
+        return read_mask(path, expected_hw=expected_hw)
+    if mask_mode == "inverted":
+        mask = 1 - read_mask(path, expected_hw=expected_hw)
+    else:
+        rgb = read_image(path)
+        if mask_mode == "nonzero":
+            mask = (rgb.max(axis=2) > 0).astype(np.uint8)
+        elif mask_mode == "columbia":  # red-ish = spliced region, green = authentic region
+            mask = ((rgb[..., 0] > 127) & (rgb[..., 1] < 128)).astype(np.uint8)
+        else:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        if expected_hw is not None and mask.shape != tuple(int(v) for v in expected_hw[:2]):
+            raise BadExampleError(path, f"mask size {mask.shape[0]}x{mask.shape[1]} differs from its image's "
+                                  f"{int(expected_hw[0])}x{int(expected_hw[1])} (HxW)")
+    return np.ascontiguousarray(mask.astype(np.uint8))
+
+
 def _check_pair_header(pair) -> BadExampleError | None:
     img_path, mask_path = pair
     try:
@@ -183,14 +231,14 @@ def _check_pair_header(pair) -> BadExampleError | None:
     return None
 
 
-def _check_pair_full(pair) -> BadExampleError | None:
+def _check_pair_full(pair, mask_mode: str = "binary") -> BadExampleError | None:
     err = _check_pair_header(pair)
     if err is not None:
         return err
     try:
         image = read_image(pair[0])
         if pair[1] is not None:
-            read_mask(pair[1], expected_hw=image.shape[:2])
+            read_mask_mode(pair[1], mask_mode, expected_hw=image.shape[:2])
     except BadExampleError as e:
         return e
     return None
@@ -204,7 +252,8 @@ def _is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _mask_key(stem: str) -> str:
+def mask_key(stem: str) -> str:
+    """A mask's file stem without its suffix (`_gt`, `_mask`, `_edgemask`, ...): the image stem it matches."""
     low = stem.lower()
     for suf in _MASK_SUFFIXES:
         if low.endswith(suf) and len(low) > len(suf):
@@ -231,7 +280,7 @@ def pairs_from_folder(images_dir, masks_dir, *, missing_mask: str = "bad"
         stem = os.path.splitext(f)[0]
         by_stem.setdefault(stem, f)
     for f in masks:  # suffix-stripped stems as a second choice
-        by_stem.setdefault(_mask_key(os.path.splitext(f)[0]), f)
+        by_stem.setdefault(mask_key(os.path.splitext(f)[0]), f)
     pairs, errors, used = [], [], set()
     no_mask = []
     for f in images:
@@ -248,7 +297,7 @@ def pairs_from_folder(images_dir, masks_dir, *, missing_mask: str = "bad"
         pairs.append((os.path.join(images_dir, f), os.path.join(masks_dir, m)))
     no_image = [m for m in masks if m not in used]
     for m in no_image:
-        errors.append(BadExampleError(os.path.join(images_dir, _mask_key(os.path.splitext(m)[0]) + ".*"),
+        errors.append(BadExampleError(os.path.join(images_dir, mask_key(os.path.splitext(m)[0]) + ".*"),
                                       f"file not found: no image for mask {os.path.join(masks_dir, m)}"))
     if no_mask or no_image:
         log.warning("folder pair %s | %s: %d matched, %d image(s) without a mask%s, %d mask(s) without an image%s",
@@ -333,6 +382,45 @@ def pairs_from_list(path) -> list[tuple[str, str | None]]:
     return pairs
 
 
+def decode_encoded(image_bytes: bytes, mask_bytes: bytes, path: str) -> dict[str, Any]:
+    """A record from encoded bytes, decoded exactly as the files would be (`read_image` / `read_mask`).
+
+    `mask_bytes` empty = authentic (zero mask). Raises `BadExampleError` naming `path`.
+    Returns `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'path': path}`.
+    """
+    image = decode_image_bytes(image_bytes, path)
+    mask = (decode_mask_bytes(mask_bytes, path + " (mask)", expected_hw=image.shape[:2]) if len(mask_bytes)
+            else np.zeros(image.shape[:2], np.uint8))
+    return {"image": image, "mask": mask, "path": path}
+
+
+def raw_example(source, index: int) -> dict[str, Any]:
+    """Example `index` of any source as `{'image_bytes', 'mask_bytes', 'path'}`.
+
+    Sources with a `raw` method keep the original encoded image (file bytes); others (synthetic, decoded
+    TFDS features) are encoded as lossless PNG. The mask is a binary PNG, b'' for an all-zero mask.
+    Raises `BadExampleError` for an unusable example.
+    """
+    if hasattr(source, "raw"):
+        return source.raw(index)
+    return _png_example(source, index)
+
+
+def _png_example(source, index: int) -> dict[str, Any]:
+    """`raw_example` for sources that hold decoded arrays: the image as lossless PNG."""
+    rec = source.load(index) if hasattr(source, "load") else source[index]
+    if rec is None:
+        bad = getattr(source, "bad_examples", None)
+        raise BadExampleError(bad[-1][0] if bad else f"example {index}", bad[-1][1] if bad else "unreadable")
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rec["image"][..., ::-1]))
+    if not ok:
+        raise BadExampleError(str(rec.get("path", index)), "cannot encode the image as PNG")
+    return {"image_bytes": buf.tobytes(), "mask_bytes": encode_mask_png(rec["mask"]),
+            "path": str(rec.get("path", f"example {index}"))}
+
+
 # ---------------------------------------------------------------------------------------------------
 # TFDS
 # ---------------------------------------------------------------------------------------------------
@@ -380,25 +468,32 @@ class TfdsSource:
     def num_bad(self) -> int:
         return len(self._counter.bad_examples)
 
-    def __getitem__(self, index: int):
-        index = int(index)
-        ex = self._source()[index]
+    def _example(self, index: int):
+        ex = self._source()[int(index)]
         path = ""
         for key in ("path", "filename", "image/filename", "file_name"):
             if key in ex:
                 v = ex[key]
                 path = v.decode("utf-8") if isinstance(v, bytes) else str(v)
                 break
-        path = path or f"tfds:{self.name}:{self.split}[{index}]"
+        return ex, path or f"tfds:{self.name}:{self.split}[{int(index)}]"
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """Example `index` as bytes (`image_bytes` kept as stored; decoded-feature sets re-encoded as
+        lossless PNG), checked by decoding; raises `BadExampleError`."""
+        ex, path = self._example(index)
+        if "image_bytes" in ex:
+            data, mb = bytes(ex["image_bytes"]), bytes(ex.get("mask_bytes", b""))
+            rec = decode_encoded(data, mb, path)
+            return {"image_bytes": data, "mask_bytes": encode_mask_png(rec["mask"]) if len(mb) else b"", "path": path}
+        return _png_example(self, index)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        ex, path = self._example(index)
         try:
             if "image_bytes" in ex:  # our builders keep the original encoded file (forensically exact)
-                from mpc_jax.data.io import decode_image_bytes, decode_mask_bytes
-
-                image = decode_image_bytes(bytes(ex["image_bytes"]), path)
-                mb = ex.get("mask_bytes", b"")
-                mask = (decode_mask_bytes(bytes(mb), path + " (mask)", expected_hw=image.shape[:2]) if len(mb)
-                        else np.zeros(image.shape[:2], np.uint8))
-                return {"image": image, "mask": mask, "path": path}
+                return decode_encoded(bytes(ex["image_bytes"]), bytes(ex.get("mask_bytes", b"")), path)
             image = np.asarray(ex["image"])
             if image.ndim == 2:
                 image = image[:, :, None]
@@ -540,8 +635,8 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
     """Build a random-access source from a spec string (see the module docstring for the forms).
 
     Args:
-      spec: folder, `IMAGES_DIR:MASKS_DIR`, `.txt/.csv/.npy/.json` list, `tfds:NAME[:SPLIT]` or
-        `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]`.
+      spec: folder, `IMAGES_DIR:MASKS_DIR`, `.txt/.csv/.npy/.json` list, `tfds:NAME[:SPLIT]`,
+        `arrayrecord:DIR[:NAME]` or `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]`.
       on_bad_example: `'raise'` (error naming the file) or `'skip'` (skip, count, log).
       validate: header checks at construction (`'header'`), full decode (`'full'`) or none.
       missing_mask: folder pairs only: an image without a mask is `'bad'` or `'authentic'`.
@@ -557,6 +652,20 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
             raise ValueError(f"tfds spec must be 'tfds:NAME[:SPLIT]', got {spec!r}")
         return TfdsSource(parts[1], parts[2] if len(parts) > 2 and parts[2] else "train",
                           on_bad_example=on_bad_example)
+    if spec.startswith("arrayrecord:"):
+        from mpc_jax.data.arrayrecord import ArrayRecordSource, parse_spec
+
+        directory, name = parse_spec(spec[len("arrayrecord:"):])
+        if not directory:
+            raise ValueError(f"arrayrecord spec must be 'arrayrecord:DIR[:NAME]', got {spec!r}")
+        return ArrayRecordSource(directory, name, on_bad_example=on_bad_example)
+    if spec.startswith("layout:"):
+        from mpc_jax.data.layouts import layout_source
+
+        parts = spec.split(":", 2)
+        if len(parts) < 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"layout spec must be 'layout:NAME:ROOT', got {spec!r}")
+        return layout_source(parts[1], parts[2], on_bad_example=on_bad_example, validate=validate)
     if spec.startswith("synthetic:"):
         from mpc_jax.data.synthetic import SyntheticSource
 
@@ -592,4 +701,4 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
             return PairSource(pairs, on_bad_example=on_bad_example, validate=validate, name=spec, missing=errors)
     raise FileNotFoundError(
         f"data spec {spec!r} is not a folder (with images/ and masks/), IMAGES_DIR:MASKS_DIR, a .txt/.csv/.npy/"
-        ".json list, tfds:NAME[:SPLIT] or synthetic:NUM[:SEED[:SIZE]]")
+        ".json list, tfds:NAME[:SPLIT], arrayrecord:DIR[:NAME] or synthetic:NUM[:SEED[:SIZE]]")

@@ -45,12 +45,12 @@ class CasiaV2(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root):
         from mpc_jax.data.io import BadExampleError, read_image, read_mask
-        from mpc_jax.data.sources import _mask_key
+        from mpc_jax.data.sources import mask_key
 
         gt_dir = next((os.path.join(root, g) for g in _GT_DIRS if os.path.isdir(os.path.join(root, g))), None)
         if gt_dir is None or not os.path.isdir(os.path.join(root, "Tp")):
             raise FileNotFoundError(f"{root}: expected Tp/ and a ground-truth folder.\n{_MANUAL}")
-        masks = {_mask_key(os.path.splitext(f)[0]): f for f in list_images(gt_dir)}
+        masks = {mask_key(os.path.splitext(f)[0]): f for f in list_images(gt_dir)}
         items = [("tampered", os.path.join("Tp", f), masks.get(os.path.splitext(f)[0])) for f in list_images(
             os.path.join(root, "Tp"))]
         items += [("authentic", os.path.join("Au", f), None) for f in list_images(os.path.join(root, "Au"))]

@@ -1,0 +1,1 @@
+from data.tfds.columbia.columbia import Columbia  # noqa: F401 - registers the builder

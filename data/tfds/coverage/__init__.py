@@ -1,0 +1,1 @@
+from data.tfds.coverage.coverage import Coverage  # noqa: F401 - registers the builder

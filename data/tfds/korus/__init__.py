@@ -1,0 +1,1 @@
+from data.tfds.korus.korus import Korus  # noqa: F401 - registers the builder

@@ -1,0 +1,1 @@
+from data.tfds.misd.misd import Misd  # noqa: F401 - registers the builder
