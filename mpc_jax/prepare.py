@@ -252,7 +252,7 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
     listing_bad.append([{"path": p, "reason": r} for p, r in getattr(src, "bad_examples", [])])
     for b in listing_bad[-1]:
       print(f"mpc-jax prepare: skipped bad file {b['path']}: {b['reason']}", file=sys.stderr)
-  no_mask = [sum(m is None for _, m in getattr(s, "pairs", [])) for s in sources]
+  no_mask = [[i for i, m in getattr(s, "pairs", []) if m is None] for s in sources]
   plan = _plan(named, sources, roots, shard_size)
 
   os.makedirs(out_dir, exist_ok=True)
@@ -351,6 +351,8 @@ def _manifest(plan, out_dir, markers, listing_bad, no_mask, missing_mask) -> dic
       shards.append(m)
       lines.append(f"{m['file']} {m['sha256']}\n")
     bad = lbad + [b for m in shards for b in m["bad"]]
+    bad_paths = {b["path"] for b in bad}
+    nm = sum(path not in bad_paths for path in nm)  # packed as authentic (bad ones were skipped)
     man["sources"].append({
         "name": ps["name"], "spec": ps["spec"], "root": ps["root"],
         "records": sum(m["records"] for m in shards), "forged": sum(m["forged"] for m in shards),
