@@ -165,8 +165,8 @@ MUTANTS = (
       '"image": img.astype(np.float32),', ("tests/test_data_pipeline.py", "tests/test_validate.py")),
     # -- dataset layouts and packing
     M("nist-mask-not-inverted", "NIST16 masks read as white = tampered (they are black = tampered)",
-      "mpc_jax/data/layouts.py", "return _match(probe, mask) + (\"inverted\",)",
-      "return _match(probe, mask) + (\"binary\",)", ("tests/test_eval_suite.py", "tests/test_data_tfds.py")),
+      "mpc_jax/data/layouts.py", "    return pairs, errors, \"inverted\"\n",
+      "    return pairs, errors, \"binary\"\n", ("tests/test_eval_suite.py", "tests/test_data_tfds.py")),
     M("tampcoco-mask-names", "tampCOCO masks looked up under the image's name",
       "mpc_jax/data/layouts.py", "names=lambda f: (re.sub(r\"\\.jpe?g\", \".png\", f, flags=re.I),))",
       "names=lambda f: (f,))", ("tests/test_eval_suite.py", "tests/test_data_tfds.py")),
@@ -239,7 +239,7 @@ def table(rows) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--only", default="", help="run the mutants whose id contains this text")
+  p.add_argument("--only", default="", help="run the mutants whose id contains one of these (comma-separated)")
   p.add_argument("--exclude", default="", help="leave out the mutants whose id contains this text")
   p.add_argument("--list", action="store_true", help="list the mutants and exit")
   p.add_argument("--jobs", type=int, default=1, help="mutants run at the same time (default 1)")
@@ -247,7 +247,8 @@ def main(argv=None) -> int:
   p.add_argument("--skip-baseline", action="store_true", help="do not run the unmutated tests first")
   p.add_argument("--out", help="also write the rows as JSON here")
   args = p.parse_args(argv)
-  mutants = [m for m in MUTANTS if args.only in m.id and not (args.exclude and args.exclude in m.id)]
+  only = [o for o in args.only.split(",") if o] or [""]
+  mutants = [m for m in MUTANTS if any(o in m.id for o in only) and not (args.exclude and args.exclude in m.id)]
   if not mutants:
     print(f"no mutant id contains {args.only!r}; --list shows them", file=sys.stderr)
     return 2
