@@ -9,7 +9,6 @@ The baseline is the PyTorch-style loop without a DataLoader: read, augment, stac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -89,9 +88,12 @@ def main(argv=None):
            "input_size": 512, "batch": a.batch, "examples_timed": a.examples,
            "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk",
            "synthetic_generation_s_per_example_512": gen_s / a.num_images, "rows": rows}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=2)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import write_result
+
+    write_result(a.out, res, {"input_size": "px", "batch": "examples", "examples_timed": "examples",
+                              "synthetic_generation_s_per_example_512": "s", "examples_per_s": "examples/s",
+                              "ratio_vs_loop": "ratio (this row's rate / the loop's)"})
     print("| pipeline | worker processes | threads | examples/s | vs loop |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 B, H, W, C = 4, 128, 128, 256
 SAMPLES = (1000, 5000, 10000)
 CHUNK = 1024
@@ -137,9 +139,13 @@ def main():
                 cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                 note="times are one forward+backward of the jitted loss; the machine is shared, "
                      "so expect noise")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {RESULTS}")
+    from common import write_result
+
+    units = dict(scale0="px", channels="count", chunk_size="negatives per chunk", compile_s="s",
+                 run_s="s", xla_peak_bytes="bytes", peak_rss_bytes="bytes", rss_growth_bytes="bytes",
+                 matmul_flops="FLOP", achieved_flops_per_s="FLOP/s", matmul_flops_per_s="FLOP/s",
+                 fraction_of_matmul_rate="fraction", loss="loss value")
+    write_result(RESULTS, dict(meta=meta, rows=rows), units)
 
 
 HEADER = (f"{'samples':>7} {'mode':>8} {'compile s':>9} {'run s':>7} {'XLA MB':>8} "

@@ -540,7 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, on_step: Call
   """Runs `config.stages` in order in `workdir`, then evaluates the final model on
   `config.data.val_sources` (the held-out set) and writes `workdir/<config.result_file>`: the final
   metrics (`f1`, `iou`, ...), `wall_s` (seconds from model building to the end of the final
-  evaluation) and `provenance` (date, commit, command line). `on_step`: see `train_stage`.
+  evaluation), `provenance` (date, commit, command line) and `units`. `on_step`: see `train_stage`.
 
   Returns the final metrics (or `{'preempted': step}` when stopped by SIGTERM)."""
   workdir = pathlib.Path(workdir).absolute()
@@ -580,10 +580,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, on_step: Call
       final = final_evaluation(config, workdir, model, mesh, config.stages[-1], writer)
   final["wall_s"] = time.time() - t0
   final["provenance"] = run_provenance()
+  final["units"] = RESULT_UNITS
   if jax.process_index() == 0 and config.get("result_file", ""):
     (workdir / config.result_file).write_text(json.dumps(final, indent=1))
   writer.close()
   return final
+
+
+# The units of the result file's fields (`<source>/...`: per validation source).
+RESULT_UNITS = {"wall_s": "s", "f1": "fraction (pixel F1 at threshold 0.5, mean over forged images)",
+                "iou": "fraction (pixel IoU, the same protocol)", "score": "fraction (mean of F1s and IoUs)",
+                "<source>/f1, <source>/iou": "fraction", "<source>/f1_all, <source>/iou_all": "fraction (mean over all images)",
+                "<source>/num": "images"}
 
 
 def run_provenance() -> dict:
