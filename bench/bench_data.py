@@ -93,6 +93,7 @@ def main(argv=None):
 
     write_result(a.out, res, {"input_size": "px", "batch": "examples", "examples_timed": "examples",
                               "synthetic_generation_s_per_example_512": "s", "examples_per_s": "examples/s",
+                              "workers": "processes", "threads": "threads",
                               "ratio_vs_loop": "ratio (this row's rate / the loop's)"})
     print("| pipeline | worker processes | threads | examples/s | vs loop |")
     print("|---|---|---|---|---|")

@@ -49,7 +49,7 @@ def main():
       r["bwd_speedup"] = times["xla"][1] / r["bwd_s"]
   report(args.out or f"depthwise_{jax.devices()[0].platform}", rows,
          ["shape", "stride", "impl", "fwd_s", "bwd_s", "fwd_speedup", "bwd_speedup"],
-         units={"shape": "batch x height x width x channels", "fwd_s": "s", "bwd_s": "s",
+         units={"shape": "batch x height x width x channels", "stride": "px", "fwd_s": "s", "bwd_s": "s",
                 "fwd_speedup": "ratio (the xla row's time / this row's)", "bwd_speedup": "ratio (the xla row's time / this row's)"})
 
 

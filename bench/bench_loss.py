@@ -141,7 +141,7 @@ def main():
                      "so expect noise")
     from common import write_result
 
-    units = dict(scale0="px", channels="count", chunk_size="negatives per chunk", compile_s="s",
+    units = dict(batch="images", num_samples="pixels per set", scale0="px", channels="count", chunk_size="negatives per chunk", compile_s="s",
                  run_s="s", xla_peak_bytes="bytes", peak_rss_bytes="bytes", rss_growth_bytes="bytes",
                  matmul_flops="FLOP", achieved_flops_per_s="FLOP/s", matmul_flops_per_s="FLOP/s",
                  fraction_of_matmul_rate="fraction", loss="loss value")

@@ -207,7 +207,7 @@ def main():
            "GFLOP_per_step": "GFLOP (1e9 FLOP, XLA cost analysis)", "loss": "loss value",
            "args_MiB": "MiB (2**20 bytes)", "temp_MiB": "MiB (2**20 bytes)", "peak_MiB": "MiB (2**20 bytes)",
            "process_peak_GiB": "GiB (2**30 bytes)", "MFU": "fraction of the peak",
-           "peak_tflops_per_device": "TFLOP/s"}
+           "peak_tflops_per_device": "TFLOP/s", "devices_in_mesh": "devices"}
   report(name, rows, cols, units, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
                                   "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
                                   "compilation_cache": cache,
