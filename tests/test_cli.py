@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from train_testlib import timeout_s  # noqa: E402
 
 
-def cli(cwd, *args, timeout=1200):
+def cli(cwd, *args, timeout=1800):
   """`mpc-jax ARGS` in `cwd` (the worktree's package first on the path); asserts no traceback.
   `timeout`: the base limit in seconds (`train_testlib.timeout_s` scales it)."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
