@@ -555,6 +555,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, on_step: Call
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items()})
   t0 = time.time()
+  provenance = run_provenance()  # the code as it starts (a checkout may change during the run)
   model = build_model(config)
   results = {}
   with jax.set_mesh(mesh):
@@ -579,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, on_step: Call
     if config.get("final_eval", True) and config.data.val_sources:
       final = final_evaluation(config, workdir, model, mesh, config.stages[-1], writer)
   final["wall_s"] = time.time() - t0
-  final["provenance"] = run_provenance()
+  final["provenance"] = provenance
   final["units"] = RESULT_UNITS
   if jax.process_index() == 0 and config.get("result_file", ""):
     (workdir / config.result_file).write_text(json.dumps(final, indent=1))
