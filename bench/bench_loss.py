@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 B, H, W, C = 4, 128, 128, 256
 SAMPLES = (1000, 5000, 10000)
 CHUNK = 1024
-MAX_PLAIN_BYTES = 6e9  # do not execute a plain configuration whose XLA estimate is larger
+MAX_PLAIN_BYTES = 6 * 2**30  # do not execute a plain configuration whose XLA estimate is larger
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "loss.json"
 
 
@@ -107,7 +107,7 @@ def run_one(k, chunked):
                chunked else None, compile_s=compile_s, xla_peak_bytes=xla_bytes,
                matmul_flops=matmul_flops(k, chunked))
     if not chunked and xla_bytes is not None and xla_bytes > MAX_PLAIN_BYTES:
-        row.update(skipped=f"XLA estimate {xla_bytes / 1e9:.1f} GB > {MAX_PLAIN_BYTES / 1e9:.0f} GB")
+        row.update(skipped=f"XLA estimate {xla_bytes / 2**30:.1f} GiB > {MAX_PLAIN_BYTES / 2**30:.0f} GiB")
         print(json.dumps(row))
         return
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -148,8 +148,8 @@ def main():
     write_result(RESULTS, dict(meta=meta, rows=rows), units)
 
 
-HEADER = (f"{'samples':>7} {'mode':>8} {'compile s':>9} {'run s':>7} {'XLA MB':>8} "
-          f"{'RSS MB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% matmul':>8}")
+HEADER = (f"{'samples':>7} {'mode':>8} {'compile s':>9} {'run s':>7} {'XLA MiB':>8} "
+          f"{'RSS MiB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% matmul':>8}")
 
 
 def _fmt(r):
