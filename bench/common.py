@@ -13,6 +13,7 @@ import time
 import jax
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+ROOT = str(RESULTS.parents[1])
 
 
 def machine() -> dict:
@@ -22,15 +23,15 @@ def machine() -> dict:
 
 
 def provenance() -> dict:
-  """When, at which commit (`-dirty` with uncommitted changes to tracked files) and with which
-  command line a result was measured."""
+  """When, at which commit (`-dirty` with uncommitted changes to tracked files other than results)
+  and with which command line a result was measured."""
   def git(*args):
     return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True,
                           check=True).stdout.strip()
 
   try:
     commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no"):
+    if git("status", "--porcelain", "--untracked-files=no", "--", ROOT, ":(exclude)bench/results"):
       commit += "-dirty"
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"

@@ -596,8 +596,9 @@ RESULT_UNITS = {"wall_s": "s", "f1": "fraction (pixel F1 at threshold 0.5, mean 
 
 
 def run_provenance() -> dict:
-  """When, at which commit of this package (`-dirty` with uncommitted changes to tracked files;
-  `unknown` outside a git checkout) and with which command line a result was produced."""
+  """When, at which commit of this package (`-dirty` with uncommitted changes to tracked files
+  other than bench/results; `unknown` outside a git checkout) and with which command line a result
+  was produced."""
   src = pathlib.Path(__file__).resolve().parent
 
   def git(*args):
@@ -606,7 +607,7 @@ def run_provenance() -> dict:
 
   try:
     commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no"):
+    if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/results"):
       commit += "-dirty"
   except (OSError, subprocess.SubprocessError):
     commit = "unknown"
