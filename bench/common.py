@@ -13,7 +13,6 @@ import time
 import jax
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-ROOT = str(RESULTS.parents[1])
 
 
 def machine() -> dict:
@@ -31,7 +30,7 @@ def provenance() -> dict:
 
   try:
     commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no", "--", ROOT, ":(exclude)bench/results"):
+    if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/results"):
       commit += "-dirty"
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"
