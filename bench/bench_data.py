@@ -133,10 +133,10 @@ def main(argv=None):
     per_core = r["examples_per_s"] / r["threads"]
     for st in ("stage1", "stage2"):
       r[f"cores_{st}"] = math.ceil(rates[st][0] / per_core) if st in rates and "augment" in r["work"] else ""
+  units = {"examples_per_s": "examples/s (512x512, the reference augmentation chain, batch 8)",
+           "threads": "threads", "cores_stage1": "host cores that keep up with the stage-1 step rate "
+           "(ceil(images/s / per-core))", "cores_stage2": "host cores that keep up with the stage-2 step rate"}
   extra = {
-      "units": {"examples_per_s": "examples/s (512x512, the reference augmentation chain, batch 8)",
-                "cores_stage1": "host cores that keep up with the stage-1 step rate (ceil(images/s / per-core))",
-                "cores_stage2": "host cores that keep up with the stage-2 step rate"},
       "step_rates_images_per_s": {k: {"images_per_s": v[0], "from": v[1]} for k, v in rates.items()},
       "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk, and the same packed "
                 f"({man['bytes'] / 2**20:.1f} MiB of shards, {pack_s:.1f} s to pack with 1 worker)",
@@ -145,7 +145,7 @@ def main(argv=None):
                 "grain worker processes scale that row across cores; a host feeding D devices needs D times "
                 "the cores of one device's rate.",
                 "Step rates: " + "; ".join(f"{k}: {v[0]:.3g} images/s from {v[1]}" for k, v in rates.items())]}
-  report(a.name, rows, ["reader", "work", "threads", "examples_per_s", "cores_stage1", "cores_stage2"], extra)
+  report(a.name, rows, ["reader", "work", "threads", "examples_per_s", "cores_stage1", "cores_stage2"], units, extra)
   for k, v in rates.items():
     print(f"{k} step rate: {v[0]:.3g} images/s ({v[1]})")
   return 0

@@ -48,7 +48,9 @@ def main():
       r["fwd_speedup"] = times["xla"][0] / r["fwd_s"]
       r["bwd_speedup"] = times["xla"][1] / r["bwd_s"]
   report(args.out or f"depthwise_{jax.devices()[0].platform}", rows,
-         ["shape", "stride", "impl", "fwd_s", "bwd_s", "fwd_speedup", "bwd_speedup"])
+         ["shape", "stride", "impl", "fwd_s", "bwd_s", "fwd_speedup", "bwd_speedup"],
+         units={"shape": "batch x height x width x channels", "stride": "px", "fwd_s": "s", "bwd_s": "s",
+                "fwd_speedup": "ratio (the xla row's time / this row's)", "bwd_speedup": "ratio (the xla row's time / this row's)"})
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 B, H, W, C = 4, 128, 128, 256
 SAMPLES = (1000, 5000, 10000)
 CHUNK = 1024
-MAX_PLAIN_BYTES = 6e9  # do not execute a plain configuration whose XLA estimate is larger
+MAX_PLAIN_BYTES = 6 * 2**30  # do not execute a plain configuration whose XLA estimate is larger
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "loss.json"
 
 
@@ -105,7 +107,7 @@ def run_one(k, chunked):
                chunked else None, compile_s=compile_s, xla_peak_bytes=xla_bytes,
                matmul_flops=matmul_flops(k, chunked))
     if not chunked and xla_bytes is not None and xla_bytes > MAX_PLAIN_BYTES:
-        row.update(skipped=f"XLA estimate {xla_bytes / 1e9:.1f} GB > {MAX_PLAIN_BYTES / 1e9:.0f} GB")
+        row.update(skipped=f"XLA estimate {xla_bytes / 2**30:.1f} GiB > {MAX_PLAIN_BYTES / 2**30:.0f} GiB")
         print(json.dumps(row))
         return
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -137,13 +139,17 @@ def main():
                 cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                 note="times are one forward+backward of the jitted loss; the machine is shared, "
                      "so expect noise")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {RESULTS}")
+    from common import write_result
+
+    units = dict(batch="images", num_samples="pixels per set", scale0="px", channels="count", chunk_size="negatives per chunk", compile_s="s",
+                 run_s="s", xla_peak_bytes="bytes", peak_rss_bytes="bytes", rss_growth_bytes="bytes",
+                 matmul_flops="FLOP", achieved_flops_per_s="FLOP/s", matmul_flops_per_s="FLOP/s",
+                 fraction_of_matmul_rate="fraction", loss="loss value")
+    write_result(RESULTS, dict(meta=meta, rows=rows), units)
 
 
-HEADER = (f"{'samples':>7} {'mode':>8} {'compile s':>9} {'run s':>7} {'XLA MB':>8} "
-          f"{'RSS MB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% matmul':>8}")
+HEADER = (f"{'samples':>7} {'mode':>8} {'compile s':>9} {'run s':>7} {'XLA MiB':>8} "
+          f"{'RSS MiB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% matmul':>8}")
 
 
 def _fmt(r):

@@ -14,6 +14,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "predict.json"
@@ -73,9 +74,14 @@ def main():
                                                   images_per_s=round(1 / min(times), 3))
     print(json.dumps(report["end_to_end_640x480_resize512"]))
     report["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]  # > cpu_count: shared, timings inflated
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import write_result
+
+    write_result(args.out, report, {
+        "params": "count", "size": "px", "batch": "images", "cpu_count": "cores", "build_s": "s", "compile_plus_first_s": "s", "best_s": "s",
+        "median_s": "s", "images_per_s_best": "images/s", "images_per_s_median": "images/s",
+        "images_per_s": "images/s", "load_avg_start": "runnable processes (1/5/15-min load average)",
+        "load_avg_end": "runnable processes (1/5/15-min load average)"})
 
 
 if __name__ == "__main__":

@@ -202,7 +202,13 @@ def main():
   name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
   if not args.out and jax.devices()[0].platform == "gpu":  # every GPU run is kept, dated
     name += "_" + time.strftime("%Y%m%d_%H%M%S")
-  report(name, rows, cols, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
+  units = {"params": "count", "input": "batch x height x width (px)", "lower_s": "s", "compile_s": "s",
+           "build_to_first_step_s": "s", "median_s": "s", "min_s": "s", "images_per_s": "images/s",
+           "GFLOP_per_step": "GFLOP (1e9 FLOP, XLA cost analysis)", "loss": "loss value",
+           "args_MiB": "MiB (2**20 bytes)", "temp_MiB": "MiB (2**20 bytes)", "peak_MiB": "MiB (2**20 bytes)",
+           "process_peak_GiB": "GiB (2**30 bytes)", "MFU": "fraction of the peak",
+           "peak_tflops_per_device": "TFLOP/s", "devices_in_mesh": "devices"}
+  report(name, rows, cols, units, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
                                   "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
                                   "compilation_cache": cache,
                                   "peak_tflops_per_device": peak,

@@ -22,13 +22,39 @@ def machine() -> dict:
 
 
 def provenance() -> dict:
-  """When, at which commit and with which command line a result was measured."""
+  """When, at which commit (`-dirty` with uncommitted changes to tracked files other than results)
+  and with which command line a result was measured."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True,
-                            text=True, check=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/results"):
+      commit += "-dirty"
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"
-  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "command": " ".join(sys.argv)}
+  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "command": _command()}
+
+
+def _command() -> str:
+  """This process's command line, the script's path relative to the repository."""
+  argv = list(sys.argv)
+  try:
+    argv[0] = str(pathlib.Path(argv[0]).resolve().relative_to(RESULTS.parents[1]))
+  except ValueError:
+    pass
+  return " ".join(["python", *argv])
+
+
+def write_result(path: pathlib.Path, payload: dict, units: dict) -> pathlib.Path:
+  """Writes `payload` to `path` as JSON with `provenance` (date, commit, command line) and `units`
+  (field name -> unit of its values) first."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"provenance": provenance(), "units": units, **payload}, indent=1) + "\n")
+  print(f"wrote {path}")
+  return path
 
 
 def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
@@ -46,15 +72,12 @@ def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
   return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
 
 
-def report(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> pathlib.Path:
-  """Prints `rows` as a Markdown table and writes them with the machine facts to results/NAME.json."""
+def report(name: str, rows: list[dict], columns: list[str], units: dict, extra: dict | None = None) -> pathlib.Path:
+  """Prints `rows` as a Markdown table and writes them with the machine facts, the provenance and
+  the `units` of the row fields to results/NAME.json."""
   print("| " + " | ".join(columns) + " |")
   print("|" + "---|" * len(columns))
   for row in rows:
     cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
     print("| " + " | ".join(cells) + " |")
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  out = RESULTS / f"{name}.json"
-  out.write_text(json.dumps({**provenance(), "machine": machine(), "rows": rows, **(extra or {})}, indent=1))
-  print(f"wrote {out}")
-  return out
+  return write_result(RESULTS / f"{name}.json", {"machine": machine(), "rows": rows, **(extra or {})}, units)

@@ -252,9 +252,8 @@ def main(argv=None):
                          wall_s=wall, lower_s=lower_s, compile_s=compile_s))
   report(args.out or f"profile_{jax.devices()[0].platform}_{args.config}", rows,
          ["program", "family", "ms_per_call", "share"],
-         extra={"units": {"ms_per_call": "milliseconds of kernel time per call", "share": "fraction",
-                          "wall_s": "seconds", "lower_s": "seconds", "compile_s": "seconds"},
-                "depthwise": args.depthwise})
+         {"ms_per_call": "ms of kernel time per call", "share": "fraction of the kernel time", "wall_s": "s",
+          "lower_s": "s", "compile_s": "s"}, extra={"depthwise": args.depthwise})
 
 
 if __name__ == "__main__":

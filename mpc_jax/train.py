@@ -33,6 +33,8 @@ import json
 import logging
 import pathlib
 import re
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -381,9 +383,15 @@ def _export(model_from_state, directory: pathlib.Path, name: str):
     log.exception("could not export %s to %s", name, directory)
 
 
-def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) -> dict:
+def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer,
+                on_step: Callable | None = None) -> dict:
   """Trains one stage to `config.<stage>.num_steps` (resuming from its checkpoints); returns the
-  last validation metrics (empty when the stage was already finished and nothing ran)."""
+  last validation metrics (empty when the stage was already finished and nothing ran).
+
+  `on_step(stage, step, metrics)`, when given, is called on the host after every step (after its
+  validation, before the termination check and the checkpoint of that step); `metrics` are the
+  step's outputs (`loss/total`, ... as replicated arrays). A hook for tests and tools: a signal the
+  callback sends to its own process is acted on at that very step."""
   scfg = config[stage]
   sdir = workdir / stage
   export_dir = workdir if _stage_is_last(config, stage) else sdir
@@ -439,6 +447,7 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
         first_step = False
       state, m = step_fn(state, batch)
     step += 1
+    step_metrics = m
     pending.append(m)
     report(step)
     if step % log_every == 0 or step == num_steps:
@@ -476,6 +485,8 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer) 
       if is_best and config.get("export_models", True):
         _export(current_model, export_dir, "model_best")
       t_log = time.time()
+    if on_step is not None:
+      on_step(stage, step, step_metrics)
     preempted = guard.should_stop()
     if metrics is not None or step % ckpt_every == 0 or step == num_steps or preempted:
       save_checkpoint(mngr, state, data_it, meta, metrics=metrics, force=True)
@@ -525,9 +536,11 @@ def _train_iterator(config, stage, batch_size, mesh):
                              batch_size_per_process=distributed.local_batch_size(batch_size, mesh))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, on_step: Callable | None = None) -> dict:
   """Runs `config.stages` in order in `workdir`, then evaluates the final model on
-  `config.data.val_sources` (the held-out set) and writes `workdir/<config.result_file>`.
+  `config.data.val_sources` (the held-out set) and writes `workdir/<config.result_file>`: the final
+  metrics (`f1`, `iou`, ...), `wall_s` (seconds from model building to the end of the final
+  evaluation), `provenance` (date, commit, command line) and `units`. `on_step`: see `train_stage`.
 
   Returns the final metrics (or `{'preempted': step}` when stopped by SIGTERM)."""
   workdir = pathlib.Path(workdir).absolute()
@@ -542,6 +555,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items()})
   t0 = time.time()
+  provenance = run_provenance()  # the code as it starts (a checkout may change during the run)
   model = build_model(config)
   results = {}
   with jax.set_mesh(mesh):
@@ -558,18 +572,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             load_matching(model, init, config[stage].get("init_skip", ""))
           elif config[stage].get("init_from", ""):
             raise FileNotFoundError(f"config.{stage}.init_from: {init} does not exist")
-        results[stage] = train_stage(config, stage, workdir, model, mesh, writer)
+        results[stage] = train_stage(config, stage, workdir, model, mesh, writer, on_step=on_step)
     except Preempted as e:
       writer.close()
       return {"preempted": e.args[0]}
     final = {}
     if config.get("final_eval", True) and config.data.val_sources:
       final = final_evaluation(config, workdir, model, mesh, config.stages[-1], writer)
-  final["wall_time_s"] = time.time() - t0
+  final["wall_s"] = time.time() - t0
+  final["provenance"] = provenance
+  final["units"] = RESULT_UNITS
   if jax.process_index() == 0 and config.get("result_file", ""):
     (workdir / config.result_file).write_text(json.dumps(final, indent=1))
   writer.close()
   return final
+
+
+# The units of the result file's fields (`<source>/...`: per validation source).
+RESULT_UNITS = {"wall_s": "s", "f1": "fraction (pixel F1 at threshold 0.5, mean over forged images)",
+                "iou": "fraction (pixel IoU, the same protocol)", "score": "fraction (mean of F1s and IoUs)",
+                "<source>/f1, <source>/iou": "fraction", "<source>/f1_all, <source>/iou_all": "fraction (mean over all images)",
+                "<source>/num": "images"}
+
+
+def run_provenance() -> dict:
+  """When, at which commit of this package (`-dirty` with uncommitted changes to tracked files
+  other than bench/results; `unknown` outside a git checkout) and with which command line a result
+  was produced."""
+  src = pathlib.Path(__file__).resolve().parent
+
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+
+  try:
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/results"):
+      commit += "-dirty"
+  except (OSError, subprocess.SubprocessError):
+    commit = "unknown"
+  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit,
+          "command": " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
 def _stage_started(sdir: pathlib.Path) -> bool:

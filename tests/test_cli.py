@@ -16,15 +16,17 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VERSION = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_testlib import timeout_s  # noqa: E402
 
 
-def cli(cwd, *args, timeout=600):
-  """`mpc-jax ARGS` in `cwd` (the worktree's package first on the path); asserts no traceback."""
+def cli(cwd, *args, timeout=1800):
+  """`mpc-jax ARGS` in `cwd` (the worktree's package first on the path); asserts no traceback.
+  `timeout`: the base limit in seconds (`train_testlib.timeout_s` scales it)."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
              JAX_COMPILATION_CACHE_DIR=os.environ.get(
                  "MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")))
   r = subprocess.run([sys.executable, "-m", "mpc_jax.main", *map(str, args)], cwd=cwd, env=env,
-                     capture_output=True, text=True, timeout=timeout)
+                     capture_output=True, text=True, timeout=timeout_s(timeout))
   assert "Traceback" not in r.stderr + r.stdout, r.stderr
   return r
 

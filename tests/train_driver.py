@@ -1,10 +1,15 @@
 """Runs `train.train_and_evaluate` on a tiny config in its own process (for the subprocess tests).
 
-    python tests/train_driver.py WORKDIR OUT_JSON [--step-delay S] [--devices N]
-        [--process-id I --num-processes P --coordinator HOST:PORT] [--set key=python_literal ...]
+    python tests/train_driver.py WORKDIR OUT_JSON [--signal-at STAGE:STEP [--signal TERM|KILL]]
+        [--devices N] [--process-id I --num-processes P --coordinator HOST:PORT]
+        [--set key=python_literal ...]
 
 Writes OUT_JSON: the training losses seen by this process (step -> loss/total) and, when training
 finished, the number of parameter arrays (and the parameters in `params_<OUT name>.npz` next to it).
+
+`--signal-at stage1:3` sends SIGTERM (or SIGKILL with `--signal KILL`) to this process from the
+trainer's `on_step` hook right after step 3 of stage 1: the signal lands at that step whatever the
+machine's speed. With SIGTERM the trainer saves step 3 and stops; OUT_JSON is written as usual.
 """
 import argparse
 import ast
@@ -15,7 +20,8 @@ import sys
 p = argparse.ArgumentParser()
 p.add_argument("workdir")
 p.add_argument("out")
-p.add_argument("--step-delay", type=float, default=0.0)
+p.add_argument("--signal-at", default="", help="STAGE:STEP after which to signal this process")
+p.add_argument("--signal", choices=("TERM", "KILL"), default="TERM")
 p.add_argument("--devices", type=int, default=8)
 p.add_argument("--process-id", type=int, default=-1)
 p.add_argument("--num-processes", type=int, default=1)
@@ -27,12 +33,12 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import time  # noqa: E402
+import signal  # noqa: E402
 
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from mpc_jax import distributed, train  # noqa: E402
+from mpc_jax import train  # noqa: E402
 from train_testlib import tiny_config  # noqa: E402
 
 config = tiny_config()
@@ -50,7 +56,8 @@ if args.process_id >= 0:
   config.distributed.process_id = args.process_id
 
 losses, models = {}, []
-_build, _jit_step, _global_batch = train.build_model, train._jit_step, distributed.global_batch
+_build = train.build_model
+signal_stage, _, signal_step = args.signal_at.partition(":")
 
 
 def build_model(cfg):
@@ -58,31 +65,15 @@ def build_model(cfg):
   return models[-1]
 
 
-def _recording(fn):
-  def wrapped(state, batch):
-    state, m = fn(state, batch)
-    losses[int(np.asarray(state.step.addressable_data(0)))] = float(np.asarray(m["loss/total"].addressable_data(0)))
-    return state, m
-  return wrapped
+def on_step(stage, step, metrics):
+  """Records every loss; sends the requested signal to this process at the requested step."""
+  losses[step] = float(np.asarray(metrics["loss/total"].addressable_data(0)))
+  if stage == signal_stage and step == int(signal_step):
+    os.kill(os.getpid(), getattr(signal, f"SIG{args.signal}"))
 
 
-def jit_step(step, mesh):
-  """The trainer's jitted step, recording every loss; `.lower` (the trainer's ahead-of-time
-  compile) is the jitted function's own."""
-  fn = _jit_step(step, mesh)
-  wrapped = _recording(fn)
-  wrapped.lower = fn.lower
-  return wrapped
-
-
-def global_batch(local, mesh):
-  if args.step_delay:
-    time.sleep(args.step_delay)
-  return _global_batch(local, mesh)
-
-
-train.build_model, train._jit_step, distributed.global_batch = build_model, jit_step, global_batch
-result = train.train_and_evaluate(config, args.workdir)
+train.build_model = build_model
+result = train.train_and_evaluate(config, args.workdir, on_step=on_step)
 out = {"result": result, "losses": losses}
 if "preempted" not in result:
   params = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(models[0], nnx.Param))}

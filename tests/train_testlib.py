@@ -1,5 +1,7 @@
-"""Shared by the training tests: a config small enough to compile and run in seconds on 2 cores."""
+"""Shared by the tests: a training config small enough to compile and run in seconds on 2 cores, and
+the time limit of every subprocess a test starts."""
 import json
+import os
 
 from mpc_jax.train_config import base_config
 
@@ -16,6 +18,14 @@ TINY_HRFORMER = {
                "NUM_HEADS": [1, 1, 1, 1], "NUM_MLP_RATIOS": [2, 2, 2, 2], "NUM_WINDOW_SIZES": [4, 4, 4, 4],
                "BLOCK": "TRANSFORMER_BLOCK"},
 }
+
+
+def timeout_s(base_s: float) -> float:
+  """The time limit of a test's subprocess: `base_s` times MPC_JAX_TEST_TIMEOUT_SCALE (default 1).
+  Each `base_s` is sized for a machine three times slower than the loaded 2-core development
+  machine (a cold compilation cache included); set the variable above 1 on slower machines. A limit
+  only stops a hung run: no test asserts how long anything took."""
+  return float(base_s) * float(os.environ.get("MPC_JAX_TEST_TIMEOUT_SCALE", "1"))
 
 
 def tiny_config(stages=("stage1", "stage2")):

@@ -93,7 +93,8 @@ class Conv(nnx.Module):
 
   `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
   +-1/sqrt(fan_in), bias too); compute runs in `dtype`. 1x1 convolutions run as `pointwise_conv`
-  (a matrix product). Depth-wise convolutions (`groups == cin == cout`) may run as `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
+  (a matrix product). Depth-wise convolutions (`groups == cin == cout`) may run as
+  `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
   `model.set_attributes(depthwise=...)` sets it everywhere), `deterministic` is eval mode
   (`model.eval()` sets it).
   """

@@ -1,0 +1,124 @@
+"""The MPC forward of mpc-jax beside the PyTorch reference's, on this machine, in one run.
+
+  python bench/bench_reference.py --reference PATH/TO/MPC [--size 512] [--repeats 3]
+                                  [--depthwise auto,xla] [--out NAME]
+
+PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC; its stage-2 model
+(`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head) runs in a subprocess with the
+`torch`, `yacs` and `einops` of this Python (`pip install torch yacs einops`), random weights,
+eval mode, `no_grad`, float32, batch 1. timm is given the two helpers the reference imports from it when it is not installed.
+Both sides report build, first call and median of `--repeats` calls; the mpc-jax side also lower
+and compile. Writes bench/results/NAME.json (default `reference_PLATFORM`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from common import report  # noqa: E402
+
+REFERENCE_SCRIPT = r'''
+import json, statistics, sys, time, types
+import torch
+try:
+  import timm  # noqa: F401
+except ImportError:  # the reference imports two helpers from timm
+  timm = types.ModuleType("timm"); tm = types.ModuleType("timm.models"); tl = types.ModuleType("timm.models.layers")
+  tl.to_2tuple = lambda x: x if isinstance(x, tuple) else (x, x)
+  tl.trunc_normal_ = torch.nn.init.trunc_normal_
+  timm.models, tm.layers = tm, tl
+  sys.modules.update({"timm": timm, "timm.models": tm, "timm.models.layers": tl})
+try:
+  import torchvision  # noqa: F401  (imported by model.py, unused by the forward)
+except Exception:
+  tv = types.ModuleType("torchvision"); tv.models = types.ModuleType("torchvision.models")
+  sys.modules.update({"torchvision": tv, "torchvision.models": tv.models})
+root, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, root + "/CATNet_dataset_train/stage2")
+t0 = time.perf_counter()
+from model import MyModel
+model = MyModel().eval()
+build = time.perf_counter() - t0
+x = torch.rand(1, 3, size, size)
+with torch.no_grad():
+  t0 = time.perf_counter(); model(x); first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter(); model(x); times.append(time.perf_counter() - t0)
+print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.median(times),
+                      min_s=min(times), torch=torch.__version__, threads=torch.get_num_threads())))
+'''
+
+
+def reference_forward(root: str, size: int, repeats: int) -> dict:
+  proc = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, root, str(size), str(repeats)],
+                        capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise SystemExit(f"bench_reference: the reference did not run: {proc.stderr.strip().splitlines()[-1:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
+  from flax import nnx
+  from mpc_jax.models import build_mpc
+  t0 = time.perf_counter()
+  model = build_mpc("hrt_base", depthwise=depthwise)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  build = time.perf_counter() - t0
+  fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+  x = jax.numpy.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
+  t_start = time.perf_counter()
+  lowered = fn.lower(state, x)
+  t_lowered = time.perf_counter()
+  compiled = lowered.compile()
+  t_compiled = time.perf_counter()
+  compiled(state, x).block_until_ready()
+  first = time.perf_counter() - t_compiled
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    compiled(state, x).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return dict(build_s=build, lower_s=t_lowered - t_start, compile_s=t_compiled - t_lowered,
+              first_call_s=first, median_s=statistics.median(times), min_s=min(times))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--reference", required=True, help="a checkout of github.com/multimediaFor/MPC")
+  p.add_argument("--size", type=int, default=512)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--depthwise", default="auto,xla", help="mpc-jax depth-wise forms to time, comma-separated")
+  p.add_argument("--out", default="", help="results name (default reference_PLATFORM)")
+  args = p.parse_args(argv)
+  if not (pathlib.Path(args.reference) / "CATNet_dataset_train/stage2/model.py").is_file():
+    p.error(f"--reference {args.reference!r} is not a checkout of multimediaFor/MPC "
+            "(no CATNet_dataset_train/stage2/model.py)")
+  rows = []
+  ref = reference_forward(args.reference, args.size, args.repeats)
+  rows.append(dict(impl=f"reference (torch {ref['torch']}, {ref['threads']} threads)", **{
+      k: ref[k] for k in ("build_s", "first_call_s", "median_s", "min_s")}))
+  for depthwise in args.depthwise.split(","):
+    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}", **ours_forward(args.size, args.repeats, depthwise)))
+  for row in rows:
+    row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
+    row["input"] = f"1x{args.size}x{args.size}"
+  report(args.out or f"reference_{jax.devices()[0].platform}", rows,
+         ["impl", "input", "build_s", "lower_s", "compile_s", "first_call_s", "median_s", "speed_vs_reference"],
+         {"build_s": "s", "lower_s": "s", "compile_s": "s", "first_call_s": "s", "median_s": "s", "min_s": "s",
+          "speed_vs_reference": "reference median / this median"})
+
+
+if __name__ == "__main__":
+  main()

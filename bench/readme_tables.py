@@ -1,0 +1,232 @@
+"""The README's benchmark table and demo figures, generated from bench/results/*.json.
+
+    python bench/readme_tables.py           # rewrites the generated parts of README.md
+    python bench/readme_tables.py --check   # exit 1 (and a diff) when README.md differs from them
+
+Each generated part sits between `<!-- begin generated: NAME ... -->` and `<!-- end generated: NAME -->`
+in README.md; everything else in the README is left alone. Every figure is formatted from a results
+file (memory in GiB, 2**30 bytes), and every row names its file and when it was measured, so
+`tests/test_readme_figures.py` fails when a figure is edited by hand or a results file changes
+without the README being regenerated.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+
+
+def load(name: str) -> dict:
+  return json.loads((RESULTS / name).read_text())
+
+
+def gib(nbytes: float) -> str:
+  return f"{nbytes / 2**30:#.3g} GiB"
+
+
+def gib_from_mib(mib: float) -> str:
+  return gib(mib * 2**20)
+
+
+def minutes(s: float) -> str:
+  s = round(s)
+  return f"{s // 60} min {s % 60:02d} s"
+
+
+def row(rows: list[dict], **match) -> dict:
+  """The one row whose fields equal `match`."""
+  found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+  if len(found) != 1:
+    raise KeyError(f"{len(found)} rows match {match}")
+  return found[0]
+
+
+def measured(name: str) -> str:
+  """`file, date commit` of a results file, or `file, date unknown` for one without provenance."""
+  p = load(name)["provenance"]
+  when = f"{p['date'][:10]}, {p['commit']}" if "date" in p else "date unknown (see its provenance note)"
+  return f"`{name}`, {when}"
+
+
+def command(name: str, default: str = "") -> str:
+  return load(name)["provenance"].get("command", default)
+
+
+# ----------------------------------------------------------------------------------------- figures
+def fig_forward() -> str:
+  r = row(load("forward.json")["rows"], dtype="float32")
+  return f"{r['median_s']:.2f} s ({r['images_per_s']:.2f} images/s), compile + first call {r['compile+first_s']:.0f} s"
+
+
+def fig_predict() -> str:
+  d = load("predict.json")
+  r = row(d["runs"], batch=1)
+  e2e = d["end_to_end_640x480_resize512"]
+  return (f"{r['images_per_s_median']:.2f} images/s (median {r['median_s']:.2f} s); a 640x480 image end to end "
+          f"(resize, predict, upsample) {e2e['best_s']:.2f} s")
+
+
+def fig_loss() -> str:
+  rows = load("loss.json")["rows"]
+
+  def cell(k, mode):
+    r = row(rows, num_samples=k, mode=mode)
+    if "skipped" in r or "error" in r:
+      return f"{mode} not run (XLA estimate {gib(r['xla_peak_bytes'])})"
+    return f"{mode} {r['run_s']:.1f} s / {gib(r['xla_peak_bytes'])}"
+  return (f"5000 samples: {cell(5000, 'plain')} vs {cell(5000, 'chunked')}; 10000 samples: "
+          f"{cell(10000, 'chunked')}, {cell(10000, 'plain')}; memory: XLA's buffer estimate")
+
+
+def fig_data() -> str:
+  d = load("data.json")
+  rows = d["rows"]
+  cell = lambda reader, work: row(rows, reader=reader, work=work)["examples_per_s"]  # noqa: E731
+  files, ar = "files (PNG per image)", "arrayrecord"
+  one = "read + decode + augment + batch (per core)"
+  cores = row(rows, reader=ar, work=one)
+  rates = d.get("step_rates_images_per_s", {})
+  rate = "; ".join(f"{k.replace('stage', 'stage ')}: {v['images_per_s']:.3g} images/s" for k, v in rates.items())
+  return (f"ArrayRecord vs one PNG per image: read + decode {cell(ar, 'read + decode'):.1f} vs "
+          f"{cell(files, 'read + decode'):.1f} ex/s; with the augmentations {cell(ar, one):.1f} vs "
+          f"{cell(files, one):.1f} ex/s per core; cores that keep up with the measured step rates ({rate}): "
+          f"stage 1 {cores['cores_stage1']}, stage 2 {cores['cores_stage2']}")
+
+
+def fig_depthwise() -> str:
+  shift = [r for r in load("depthwise_cpu.json")["rows"] if r["impl"] == "shift"]
+  fwd = [r["fwd_speedup"] for r in shift]
+  bwd = [r["bwd_speedup"] for r in shift]
+  return (f"shifted multiply-adds (`layers.depthwise_conv`; `config.model.depthwise`, default 'auto': used on "
+          f"the CPU in eval mode) vs XLA's grouped convolution: {min(fwd):.1f}-{max(fwd):.1f}x faster forward, "
+          f"{min(bwd):.1f}-{max(bwd):.1f}x faster backward; in a training step it stores more "
+          f"(see `mpc_jax/models/layers.py`)")
+
+
+def fig_train_tiny() -> str:
+  rows = load("train_cpu_hrt_tiny_float32.json")["rows"]
+  s1 = row(rows, stage="stage1", remat=False)
+  s2 = row(rows, stage="stage2", remat=False)
+  s1r = row(rows, stage="stage1", remat=True)
+  return (f"stage 1 {s1['median_s']:.3f} s (compile {s1['compile_s']:.0f} s), stage 2 {s2['median_s']:.3f} s "
+          f"(compile {s2['compile_s']:.0f} s); stage-1 XLA peak {gib_from_mib(s1['peak_MiB'])}, "
+          f"{gib_from_mib(s1r['peak_MiB'])} with remat")
+
+
+def fig_train_base() -> str:
+  rows = load("train_cpu_hrt_base_float32.json")["rows"]
+  a = row(rows, stage="stage2", input="2x256x256")
+  b = row(rows, stage="stage2", input="2x512x512")
+  c = row(rows, stage="stage1", input="2x256x256", remat=False)
+  d = row(rows, stage="stage1", input="2x512x512", remat=True)
+
+  def timed(r):
+    return f"{r['median_s']:.3g} s ({r['images_per_s']:.2g} images/s, XLA peak {gib_from_mib(r['peak_MiB'])})"
+  return (f"stage 2: {timed(a)} at 256 px, {timed(b)} at 512 px; stage 1: {timed(c)} at 256 px, {timed(d)} "
+          f"at 512 px with remat; compile {a['compile_s']:.0f}-{b['compile_s']:.0f} s (stage 2), "
+          f"{c['compile_s']:.0f} s (stage 1), {d['compile_s']:.0f} s (stage 1 with remat)")
+
+
+def fig_train_base_memory() -> str:
+  rows = load("train_cpu_hrt_base_float32.json")["rows"]
+  plain = row(rows, stage="stage1", input="2x512x512", remat=False)
+  remat = row(rows, stage="stage1", input="2x512x512", remat=True)
+  return (f"{gib_from_mib(plain['peak_MiB'])} without remat (compiled only: it does not fit this machine), "
+          f"{gib_from_mib(remat['peak_MiB'])} with remat ({plain['peak_MiB'] / remat['peak_MiB']:.1f}x less) "
+          f"for {100 * (remat['GFLOP_per_step'] / plain['GFLOP_per_step'] - 1):.0f}% more FLOPs "
+          f"({remat['GFLOP_per_step']:.0f} vs {plain['GFLOP_per_step']:.0f} GFLOP as XLA counts them)")
+
+
+def fig_train_gpu() -> str:
+  rows = load("train_gpu_h100.json")["rows"]
+  a = row(rows, stage="stage2", input="2x256x256")
+  b = row(rows, stage="stage2", input="2x512x512")
+  return (f"stage 2: {a['median_s']:.3f} s at 256 px ({a['images_per_s']:.1f} images/s), {b['median_s']:.3f} s "
+          f"at 512 px ({b['images_per_s']:.1f} images/s), MFU {100 * max(a['MFU'], b['MFU']):.2f}%: far below "
+          f"the GPU, not yet profiled; stage 1 did not finish compiling in 170-330 s")
+
+
+# (what, results file, command when the file records none, figure)
+ROWS = [
+    ("HRT-base forward, 1x512x512, float32, jit, median of 5", "forward.json", "", fig_forward),
+    ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
+    ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
+    ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
+    ("depth-wise 3x3 convolution, HRT-base's shapes at 512 px, batch 2", "depthwise_cpu.json", "", fig_depthwise),
+    ("training step, hrt_tiny, batch 2, 64 px (code-path check)", "train_cpu_hrt_tiny_float32.json", "",
+     fig_train_tiny),
+    ("training step, HRT-base, batch 2, float32, 256 and 512 px", "train_cpu_hrt_base_float32.json", "",
+     fig_train_base),
+    ("stage-1 peak memory per device, HRT-base, batch 2, 512 px (XLA's buffers)", "train_cpu_hrt_base_float32.json",
+     "", fig_train_base_memory),
+    ("training step, HRT-base, batch 2, one H100, float32 (XLA autotuning off)", "train_gpu_h100.json",
+     "XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/bench_train.py --stages stage2,stage1 --sizes 256 "
+     "(and --sizes 512)", fig_train_gpu),
+]
+
+
+def bench_table() -> str:
+  lines = ["| what | command | figure | results file, measured |", "| --- | --- | --- | --- |"]
+  for what, name, default_cmd, fig in ROWS:
+    lines.append(f"| {what} | `{command(name, default_cmd)}` | {fig()} | {measured(name)} |")
+  return "\n".join(lines)
+
+
+def demo_sentence() -> str:
+  d = load("demo_cpu.json")
+  p = d["provenance"]
+  return (f"In a run on the 2-core development machine while other jobs shared it (`{p['command']}`, "
+          f"{p['date'][:10]}, commit {p['commit']}; its result file is `bench/results/demo_cpu.json`): "
+          f"held-out pixel F1 {d['f1']:.3f} (IoU {d['iou']:.3f}); training and the final evaluation took "
+          f"{minutes(d['wall_s'])}.")
+
+
+PARTS = {"bench-table": bench_table, "demo-result": demo_sentence}
+_BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(\n<!-- end generated: (?P=name) -->)",
+                    re.S)
+
+
+def render(text: str) -> str:
+  """`text` with every generated part replaced by its current content."""
+  seen = set()
+
+  def sub(m):
+    name = m.group("name")
+    if name not in PARTS:
+      raise KeyError(f"README.md: unknown generated part {name!r} (known: {sorted(PARTS)})")
+    seen.add(name)
+    return m.group(1) + PARTS[name]() + m.group(4)
+  out = _BLOCK.sub(sub, text)
+  missing = set(PARTS) - seen
+  if missing:
+    raise KeyError(f"README.md: no generated part {sorted(missing)} (markers missing?)")
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is out of date")
+  args = p.parse_args(argv)
+  text = README.read_text()
+  new = render(text)
+  if args.check:
+    if new != text:
+      sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
+                                                 "README.md (regenerated)"))
+      return 1
+    return 0
+  if new != text:
+    README.write_text(new)
+    print(f"rewrote {README}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
