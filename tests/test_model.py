@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from train_testlib import timeout_s
 from mpc_jax.checkpoint import load_model, save_model
 from mpc_jax.convert import from_torch_state_dict
 from mpc_jax.models import HRFORMER_CONFIGS, build_mpc, count_params, get_hrformer_config, output_size
@@ -225,7 +226,7 @@ def test_remat_gives_same_values_and_gradients_with_less_memory():
   process, where `keep_remat_barriers_on_cpu` can still set XLA_FLAGS (this one has its backends)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   out = subprocess.run([sys.executable, "-c", _REMAT_SCRIPT, json.dumps(MICRO)], capture_output=True,
-                       text=True, timeout=900, env=env)
+                       text=True, timeout=timeout_s(900), env=env)
   assert out.returncode == 0, out.stderr[-4000:]
   res = json.loads(out.stdout.strip().splitlines()[-1])
   assert res["values"][0] == pytest.approx(res["values"][1], rel=1e-6)
