@@ -135,7 +135,9 @@ def main(argv=None):
       r[f"cores_{st}"] = math.ceil(rates[st][0] / per_core) if st in rates and "augment" in r["work"] else ""
   units = {"examples_per_s": "examples/s (512x512, the reference augmentation chain, batch 8)",
            "threads": "threads", "cores_stage1": "host cores that keep up with the stage-1 step rate "
-           "(ceil(images/s / per-core))", "cores_stage2": "host cores that keep up with the stage-2 step rate"}
+           "(ceil(images/s / per-core))", "cores_stage2": "host cores that keep up with the stage-2 step rate",
+           "batch": "examples per batch", "examples_timed": "examples per timed run",
+           "repeats_best_of": "timed runs per row (the best is kept)"}
   extra = {
       "step_rates_images_per_s": {k: {"images_per_s": v[0], "from": v[1]} for k, v in rates.items()},
       "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk, and the same packed "
