@@ -100,6 +100,17 @@ def fig_data() -> str:
           f"stage 1 {cores['cores_stage1']}, stage 2 {cores['cores_stage2']}")
 
 
+def fig_reference() -> str:
+  rows = load("reference_cpu.json")["rows"]
+  ref = [r for r in rows if r["impl"].startswith("reference")][0]
+  auto = row(rows, impl="mpc-jax, depthwise=auto")
+  xla = row(rows, impl="mpc-jax, depthwise=xla")
+  return (f"reference {ref['median_s']:.2f} s; mpc-jax {auto['median_s']:.2f} s "
+          f"({auto['speed_vs_reference']:.2f}x the reference's speed; lower + compile "
+          f"{auto['lower_s'] + auto['compile_s']:.0f} s), {xla['median_s']:.2f} s with XLA's grouped "
+          f"depth-wise convolution ({xla['speed_vs_reference']:.2f}x)")
+
+
 def fig_depthwise() -> str:
   shift = [r for r in load("depthwise_cpu.json")["rows"] if r["impl"] == "shift"]
   fwd = [r["fwd_speedup"] for r in shift]
@@ -156,6 +167,8 @@ def fig_train_gpu() -> str:
 # (what, results file, command when the file records none, figure)
 ROWS = [
     ("HRT-base forward, 1x512x512, float32, jit, median of 5", "forward.json", "", fig_forward),
+    ("MPC forward beside the PyTorch reference, 1x512x512, float32, median of 3, same machine and run",
+     "reference_cpu.json", "", fig_reference),
     ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
     ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
     ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
