@@ -6,7 +6,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -24,17 +23,9 @@ def machine() -> dict:
 def provenance() -> dict:
   """When, at which commit (`-dirty` with uncommitted changes to tracked files other than results)
   and with which command line a result was measured."""
-  def git(*args):
-    return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True,
-                          check=True).stdout.strip()
+  from mpc_jax.train import run_provenance
 
-  try:
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/results"):
-      commit += "-dirty"
-  except (OSError, subprocess.CalledProcessError):
-    commit = "unknown"
-  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "command": _command()}
+  return run_provenance(_command())
 
 
 def _command() -> str:

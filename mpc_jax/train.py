@@ -595,10 +595,10 @@ RESULT_UNITS = {"wall_s": "s", "f1": "fraction (pixel F1 at threshold 0.5, mean 
                 "<source>/num": "images"}
 
 
-def run_provenance() -> dict:
+def run_provenance(command: str | None = None) -> dict:
   """When, at which commit of this package (`-dirty` with uncommitted changes to tracked files
-  other than bench/results; `unknown` outside a git checkout) and with which command line a result
-  was produced."""
+  other than bench/results; `unknown` outside a git checkout) and with which command line (default:
+  this process's) a result was produced."""
   src = pathlib.Path(__file__).resolve().parent
 
   def git(*args):
@@ -611,8 +611,9 @@ def run_provenance() -> dict:
       commit += "-dirty"
   except (OSError, subprocess.SubprocessError):
     commit = "unknown"
-  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit,
-          "command": " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]])}
+  if command is None:
+    command = " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]])
+  return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "command": command}
 
 
 def _stage_started(sdir: pathlib.Path) -> bool:
