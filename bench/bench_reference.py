@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import subprocess
 import sys
-import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import report  # noqa: E402
+from common import compile_forward, report, time_fn  # noqa: E402
 
 REFERENCE_SCRIPT = r'''
 import json, statistics, sys, time, types
@@ -69,29 +66,10 @@ def reference_forward(root: str, size: int, repeats: int) -> dict:
 
 
 def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
-  from flax import nnx
-  from mpc_jax.models import build_mpc
-  t0 = time.perf_counter()
-  model = build_mpc("hrt_base", depthwise=depthwise)
-  model.eval()
-  graphdef, state = nnx.split(model)
-  build = time.perf_counter() - t0
-  fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
-  x = jax.numpy.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
-  t_start = time.perf_counter()
-  lowered = fn.lower(state, x)
-  t_lowered = time.perf_counter()
-  compiled = lowered.compile()
-  t_compiled = time.perf_counter()
-  compiled(state, x).block_until_ready()
-  first = time.perf_counter() - t_compiled
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    compiled(state, x).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return dict(build_s=build, lower_s=t_lowered - t_start, compile_s=t_compiled - t_lowered,
-              first_call_s=first, median_s=statistics.median(times), min_s=min(times))
+  f = compile_forward("hrt_base", size, depthwise)
+  t = time_fn(f["compiled"], *f["args"], repeats=repeats)
+  return dict(build_s=f["build_s"], lower_s=f["lower_s"], compile_s=f["compile_s"],
+              first_call_s=t["first_call_s"], median_s=t["median_s"], min_s=t["min_s"])
 
 
 def main(argv=None):

@@ -48,6 +48,28 @@ def write_result(path: pathlib.Path, payload: dict, units: dict) -> pathlib.Path
   return path
 
 
+def compile_forward(hrformer: str, size: int, depthwise: str = "auto") -> dict:
+  """An eval-mode MPC forward on one random `[1, size, size, 3]` image, lowered and compiled:
+  `compiled`, `args` (call it as `compiled(*args)`), `build_s`, `lower_s`, `compile_s`."""
+  import numpy as np
+  from flax import nnx
+
+  from mpc_jax.models import build_mpc
+
+  t0 = time.perf_counter()
+  model = build_mpc(hrformer, depthwise=depthwise)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  t1 = time.perf_counter()
+  fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+  x = jax.numpy.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
+  lowered = fn.lower(state, x)
+  t2 = time.perf_counter()
+  compiled = lowered.compile()
+  t3 = time.perf_counter()
+  return dict(compiled=compiled, args=(state, x), build_s=t1 - t0, lower_s=t2 - t1, compile_s=t3 - t2)
+
+
 def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
   """Median/min wall seconds of `fn(*args)` (blocked on its outputs) after `warmup` calls."""
   t0 = time.perf_counter()

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import report  # noqa: E402
+from common import compile_forward, report  # noqa: E402
 
 from mpc_jax import distributed, train  # noqa: E402
 from mpc_jax.models import hrformer, layers, mpc  # noqa: E402
@@ -177,19 +177,8 @@ def profile(fn, args, repeats: int, hlo_text: str) -> tuple[dict, float]:
 
 
 def _forward(args, size):
-  from flax import nnx
-  from mpc_jax.models import build_mpc
-  model = build_mpc(args.config, depthwise=args.depthwise)
-  model.eval()
-  graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
-  x = jax.numpy.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
-  t0 = time.perf_counter()
-  lowered = fn.lower(state, x)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  return compiled, (state, x), t1 - t0, t2 - t1
+  f = compile_forward(args.config, size, args.depthwise)
+  return f["compiled"], f["args"], f["lower_s"], f["compile_s"]
 
 
 def _stage1(args, size, mesh):
