@@ -133,19 +133,13 @@ def evaluate(model, specs: Sequence[str], *, cfg: PredictConfig | None = None, p
     """Evaluate on every spec: the clean run, then each `(kind, strengths)` of `perturbations`.
 
     Returns the list of `evaluate_source` results (dataset load errors give a result with `error`)."""
-    from mpc_jax.data.sources import source_from_spec
+    from mpc_jax.data.sources import source_from_spec, unique_names
 
     cfg = resolve_config(cfg, model)
     pred = as_predictor(model, cfg.batch_size)
     results = []
-    used: set[str] = set()
-    for spec in specs:
-        name, spec_ = dataset_name(spec)
-        base, k = name, 1
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
+    pairs = [dataset_name(spec) for spec in specs]
+    for name, (_, spec_) in zip(unique_names([n for n, _ in pairs]), pairs):
         try:
             source = source_from_spec(spec_, on_bad_example="skip" if skip_bad else "raise")
         except Exception as e:  # noqa: BLE001 - reported, the other datasets still run

@@ -225,22 +225,15 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
   `workers`: processes writing shards in parallel (None: up to 8, one per CPU core; <= 1: this process).
   A rerun with the same inputs resumes (done shards are kept); other inputs need `overwrite=True`.
   """
-  from mpc_jax.data.sources import source_from_spec
+  from mpc_jax.data.sources import source_from_spec, unique_names
 
   if shard_size <= 0:
     raise ValueError(f"shard_size must be > 0, got {shard_size}")
   if not specs:
     raise ValueError("give at least one data spec to pack")
   out_dir = os.path.abspath(os.fspath(out_dir))
-  named, seen = [], set()
-  for spec in specs:
-    name, spec_ = source_name(spec)
-    base, k = name, 1
-    while name in seen:
-      k += 1
-      name = f"{base}_{k}"
-    seen.add(name)
-    named.append((name, spec_))
+  pairs = [source_name(spec) for spec in specs]
+  named = [(name, spec) for name, (_, spec) in zip(unique_names([n for n, _ in pairs]), pairs)]
   t0 = time.time()
   sources, roots, listing_bad = [], [], []
   for name, spec in named:

@@ -630,6 +630,19 @@ class WeightedSampleSource:
 # Spec parsing
 # ---------------------------------------------------------------------------------------------------
 
+def unique_names(names):
+    """`names` with repeats made distinct in order: `a, a, a` -> `a, a_2, a_3`."""
+    out, seen = [], set()
+    for name in names:
+        base, k = name, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str = "header",
                      missing_mask: str = "bad"):
     """Build a random-access source from a spec string (see the module docstring for the forms).
