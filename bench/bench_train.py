@@ -4,7 +4,7 @@
          [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
          [--remat-sizes 512] [--depthwise xla] [--peak-tflops X] [--out NAME]
 
-For each stage and input size: the jitted step of `train.make_stage1_step` / `make_stage2_step`
+For each stage and input size: the jitted step of `steps.make_stage1_step` / `make_stage2_step`
 (AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
 compiled ahead of time (`lower(...).compile()`, timed), warmed up once, then run `--repeats` times;
 the table gives the median step time and images/s, XLA's FLOP count of the compiled step
@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import report, time_fn  # noqa: E402
 
-from mpc_jax import compile_cache, distributed, train  # noqa: E402
+from mpc_jax import compile_cache, distributed, steps, train, train_state  # noqa: E402
 from mpc_jax.models import count_params  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
@@ -110,8 +110,8 @@ def _process_peak_gib():
 def _compile(args, stage, size, remat, mesh):
   config = _config(args, size, remat)
   model = train.build_model(config)
-  state, parts = train.create_state(model, config[stage], mesh)
-  make = train.make_stage1_step if stage == "stage1" else train.make_stage2_step
+  state, parts = train_state.create_state(model, config[stage], mesh)
+  make = steps.make_stage1_step if stage == "stage1" else steps.make_stage2_step
   step = make(parts, config, mesh)
   batch = _batch(size, args.batch, mesh)
   t0 = time.perf_counter()

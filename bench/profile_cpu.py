@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import compile_forward, report  # noqa: E402
 
-from mpc_jax import distributed, train  # noqa: E402
+from mpc_jax import distributed, steps, train, train_state  # noqa: E402
 from mpc_jax.models import hrformer, layers, mpc  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
@@ -187,8 +187,8 @@ def _stage1(args, size, mesh):
   c.data.input_size = size
   c.stage1.batch_size = args.batch
   model = train.build_model(c)
-  state, parts = train.create_state(model, c.stage1, mesh)
-  step = train.make_stage1_step(parts, c, mesh)
+  state, parts = train_state.create_state(model, c.stage1, mesh)
+  step = steps.make_stage1_step(parts, c, mesh)
   rng = np.random.default_rng(0)
   mask = np.zeros((args.batch, size // 4, size // 4), np.float32)
   mask[:, : size // 8] = 1.0

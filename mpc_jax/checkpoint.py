@@ -94,12 +94,12 @@ def _training_from_workdir(mdir: pathlib.Path) -> dict:
     workdir, stage = mdir.parent.parent, mdir.parent.name
   else:
     return {}
+  from mpc_jax.train_config import stage_data_config
+
   try:
     config = json.loads((workdir / "config.json").read_text())
     stage = stage or list(config["stages"])[-1]
-    data = dict(config["data"])
-    data.update(config.get(stage, {}).get("data_overrides") or {})
-    return {"input_size": int(data["input_size"]), "stage": stage}
+    return {"input_size": int(stage_data_config(config, stage).input_size), "stage": stage}
   except (ValueError, KeyError, TypeError, IndexError):
     return {}
 

@@ -3,7 +3,8 @@
 `clu.metric_writers` imports its TensorFlow-backed `SummaryWriter` at package import. When
 TensorFlow is not installed, `install()` registers this module's `SummaryWriter` (same interface,
 written with the `tensorboard` package's event-file writer and protos) under that name first, so
-`metric_writers.create_default_writer(workdir)` still writes TensorBoard event files plus the log.
+`metric_writers.create_default_writer(workdir)` still writes TensorBoard event files plus the log;
+`create_default_writer` here does both steps.
 With TensorFlow installed, clu's own writer is used and this module does nothing.
 """
 from __future__ import annotations
@@ -107,12 +108,10 @@ def install() -> None:
   sys.modules[name] = module
 
 
-class Prefixed:
-  """Scalars written through it are tagged `PREFIX/name` (clu's ReportProgress writes `steps_per_sec`
-  and `uptime` without a stage)."""
+def create_default_writer(logdir, just_logging: bool = False):
+  """clu's default metric writer (the log plus TensorBoard event files in `logdir`), with the
+  fallback above installed first where TensorFlow is absent."""
+  install()
+  from clu import metric_writers
 
-  def __init__(self, writer, prefix: str):
-    self._writer, self._prefix = writer, prefix
-
-  def write_scalars(self, step, scalars):
-    self._writer.write_scalars(step, {f"{self._prefix}/{k}": v for k, v in scalars.items()})
+  return metric_writers.create_default_writer(str(logdir), just_logging=just_logging)

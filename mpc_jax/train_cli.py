@@ -88,21 +88,13 @@ class _DropNoise(logging.Filter):
     return not str(record.msg).startswith(_NOISE)
 
 
-def _stage_input_size(config, stage) -> int:
-  size = config.data.input_size
-  overrides = config[stage].get("data_overrides", None)
-  if overrides and "input_size" in overrides:
-    size = overrides["input_size"]
-  return int(size)
-
-
 def _exports(config, workdir: pathlib.Path):
   """(model dir, stage) of every model export the run can have written."""
-  stages = list(config.stages)
-  for i, stage in enumerate(stages):
-    base = workdir if i == len(stages) - 1 else workdir / stage
+  from mpc_jax.train_config import export_dir
+
+  for stage in config.stages:
     for name in ("model_best", "model_latest"):
-      yield base / name, stage
+      yield export_dir(config, workdir, stage) / name, stage
 
 
 def use_saved_model_config(config) -> None:
@@ -184,8 +176,9 @@ def cli_main(argv) -> int:
   for mdir, stage in _exports(fv.config, workdir):
     if (mdir / "model_config.json").is_file():
       from mpc_jax.checkpoint import record_training
+      from mpc_jax.train_config import stage_data_config
 
-      record_training(mdir, {"input_size": _stage_input_size(fv.config, stage), "stage": stage})
+      record_training(mdir, {"input_size": int(stage_data_config(fv.config, stage).input_size), "stage": stage})
   if "preempted" in result:
     print(f"stopped at step {result['preempted']} by a termination signal; rerun the same command to resume")
     return 0

@@ -79,3 +79,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_sample_images = 4
   c.print_progress = True
   return c
+
+
+def stage_data_config(config, stage: str) -> ml_collections.ConfigDict:
+  """`config.data` with `config.<stage>.data_overrides` applied: the data one stage trains on.
+  `config` may be a ConfigDict or the dict of a run's `config.json`."""
+  data = config["data"]
+  data = ml_collections.ConfigDict(data.to_dict() if hasattr(data, "to_dict") else dict(data))
+  overrides = (config.get(stage) or {}).get("data_overrides") or {}
+  data.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
+  return data
+
+
+def export_dir(config, workdir, stage: str):
+  """Where `stage` writes its `model_best` / `model_latest`: the workdir for the last stage of
+  `config.stages`, `WORKDIR/<stage>/` for earlier ones."""
+  import pathlib
+
+  workdir = pathlib.Path(workdir)
+  return workdir if list(config["stages"])[-1] == stage else workdir / stage

@@ -8,7 +8,7 @@ import pstats
 import jax
 import numpy as np
 
-from mpc_jax import compile_cache, distributed, train
+from mpc_jax import compile_cache, distributed, steps, train, train_state
 from train_testlib import TINY_HRFORMER, tiny_config
 
 
@@ -25,8 +25,8 @@ def _python_calls_to_lower_stage1_step(config) -> int:
   does not depend on the machine's speed or load."""
   mesh = distributed.make_mesh()
   with jax.set_mesh(mesh):
-    state, parts = train.create_state(train.build_model(config), config.stage1, mesh)
-    step = train.make_stage1_step(parts, config, mesh)
+    state, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
+    step = steps.make_stage1_step(parts, config, mesh)
     rng = np.random.default_rng(0)
     mask = np.zeros((8, 8, 8), np.float32)
     mask[:, :4] = 1.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mpc_jax import distributed, schedules, train
+from mpc_jax import distributed, schedules, steps, train, train_state
 from mpc_jax.data.pipeline import make_train_iterator
 from train_testlib import tiny_config
 
@@ -49,24 +49,24 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
   config, mesh = setup
   with jax.set_mesh(mesh):
     batches = _batches(config, mesh, 3)
-    state_a, parts = train.create_state(train.build_model(config), config.stage1, mesh)
-    step = train.make_stage1_step(parts, config, mesh)
-    rest0 = _params(jax.tree.map(np.asarray, train.host_copy(state_a.rest).filter(nnx.BatchStat)))
+    state_a, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
+    step = steps.make_stage1_step(parts, config, mesh)
+    rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
     state_a, losses_a = _run(step, state_a, batches)
     # Same seed, same data: same losses (the step function is shared, so no second compile).
-    state_b, _ = train.create_state(train.build_model(config), config.stage1, mesh)
+    state_b, _ = train_state.create_state(train.build_model(config), config.stage1, mesh)
     before = _compiles()
     _, losses_b = _run(step, state_b, _batches(config, mesh, 3))
     assert _compiles() == before
   assert np.all(np.isfinite(losses_a)) and losses_a == losses_b
   assert int(state_a.step) == 3
-  rest1 = _params(jax.tree.map(np.asarray, train.host_copy(state_a.rest).filter(nnx.BatchStat)))
+  rest1 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
   assert any(not np.array_equal(rest0[k], rest1[k]) for k in rest0), "BatchNorm running stats not updated"
 
 
 def _first_step(config, mesh, batch):
-  state, parts = train.create_state(train.build_model(config), config.stage1, mesh)
-  state, m = train.make_stage1_step(parts, config, mesh)(state, batch)
+  state, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
+  state, m = steps.make_stage1_step(parts, config, mesh)(state, batch)
   return state, {k: float(v) for k, v in m.items()}
 
 
@@ -95,8 +95,7 @@ def test_stage1_global_negatives_bfloat16_and_remat_steps(setup):
   for k in ("loss/cross_scale", "loss/cross_modality"):
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
   assert np.isfinite(got["grad_norm"]) and got["grad_norm"] > 0
-  params = jax.tree.leaves(train.host_copy(state_h.params))
-  assert all(p.dtype == np.float32 for p in params)
+  assert train_state.host_copy(state_h.params).dtype == np.float32
   np.testing.assert_allclose(low["loss/total"], ref["loss/total"], rtol=0.05)
   assert np.isfinite(low["grad_norm"]) and low["grad_norm"] > 0
 
@@ -107,16 +106,16 @@ def test_stage2_leaves_backbone_weights_untouched(setup, backbone_mode):
   config = config.copy_and_resolve_references()
   config.stage2.backbone_mode = backbone_mode
   with jax.set_mesh(mesh):
-    state, parts = train.create_state(train.build_model(config), config.stage2, mesh)
-    before = _params(train.host_copy(state.frozen))
-    head_before = _params(train.host_copy(state.params))
-    stats_before = _params(train.host_copy(state.rest).filter(nnx.BatchStat))
+    state, parts = train_state.create_state(train.build_model(config), config.stage2, mesh)
+    before = _params(train_state.host_copy(state.frozen))
+    head_before = _params(parts.unflatten(train_state.host_copy(state.params)))
+    stats_before = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
     assert all(k.startswith("head/") for k in head_before) and not any(k.startswith("head/") for k in before)
-    step = train.make_stage2_step(parts, config, mesh)
+    step = steps.make_stage2_step(parts, config, mesh)
     state, losses = _run(step, state, _batches(config, mesh, 2))
-  after = _params(train.host_copy(state.frozen))
-  head_after = _params(train.host_copy(state.params))
-  stats_after = _params(train.host_copy(state.rest).filter(nnx.BatchStat))
+  after = _params(train_state.host_copy(state.frozen))
+  head_after = _params(parts.unflatten(train_state.host_copy(state.params)))
+  stats_after = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
   assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
   assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)
   backbone_stats_same = all(np.array_equal(stats_before[k], stats_after[k])

@@ -55,14 +55,8 @@ if args.process_id >= 0:
   config.distributed.num_processes = args.num_processes
   config.distributed.process_id = args.process_id
 
-losses, models = {}, []
-_build = train.build_model
+losses = {}
 signal_stage, _, signal_step = args.signal_at.partition(":")
-
-
-def build_model(cfg):
-  models.append(_build(cfg))
-  return models[-1]
 
 
 def on_step(stage, step, metrics):
@@ -72,8 +66,16 @@ def on_step(stage, step, metrics):
     os.kill(os.getpid(), getattr(signal, f"SIG{args.signal}"))
 
 
-train.build_model = build_model
-result = train.train_and_evaluate(config, args.workdir, on_step=on_step)
+models = []
+
+
+def build_model(cfg):
+  """The trainer's model, kept to save its parameters afterwards."""
+  models.append(train.build_model(cfg))
+  return models[-1]
+
+
+result = train.train_and_evaluate(config, args.workdir, build_model=build_model, on_step=on_step)
 out = {"result": result, "losses": losses}
 if "preempted" not in result:
   params = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(models[0], nnx.Param))}
