@@ -39,14 +39,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from mpc_jax.data.io import (BadExampleError, binarize_mask, check_file_complete, decode_image_bytes, decode_mask_bytes,
-                             encode_mask_png, image_size, read_image, read_mask)
+                             encode_mask_png, image_size, read_image, read_mask, to_uint8)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "WeightedSampleSource", "source_from_spec", "pairs_from_folder",
     "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE", "mask_key", "decode_encoded", "raw_example",
-    "MASK_MODES", "read_mask_mode",
+    "MASK_MODES", "read_mask_mode", "check_policy", "BadCounter",
 ]
 MASK_MODES = ("binary", "inverted", "nonzero", "columbia")
 
@@ -56,13 +56,13 @@ _AUTHENTIC_TOKENS = {"", "none", "negative", "-", "null", "nan", "authentic"}
 _MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask", "_m", "_edgemask", "_groundtruth", "_label", ".mask")
 
 
-def _check_policy(on_bad_example: str) -> str:
+def check_policy(on_bad_example: str) -> str:
     if on_bad_example not in ON_BAD_EXAMPLE:
         raise ValueError(f"on_bad_example must be one of {ON_BAD_EXAMPLE}, got {on_bad_example!r}")
     return on_bad_example
 
 
-class _BadCounter:
+class BadCounter:
     """Counts and logs skipped examples (per process: grain workers keep their own counts)."""
 
     def __init__(self, name: str):
@@ -104,14 +104,14 @@ class PairSource:
     def __init__(self, pairs: Sequence[tuple[str, str | None]], *, on_bad_example: str = "raise",
                  validate: str = "header", name: str = "pairs",
                  missing: Sequence[BadExampleError] = (), num_threads: int = 8, mask_mode: str = "binary"):
-        self.on_bad_example = _check_policy(on_bad_example)
+        self.on_bad_example = check_policy(on_bad_example)
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         self.mask_mode = mask_mode
         if validate not in ("header", "full", "none"):
             raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
         self.name = name
-        self._counter = _BadCounter(name)
+        self._counter = BadCounter(name)
         pairs = [(os.fspath(i), None if m is None else os.fspath(m)) for i, m in pairs]
         for err in missing:
             self._bad(err)
@@ -439,8 +439,8 @@ class TfdsSource:
                  on_bad_example: str = "raise"):
         self.name, self.split = name, split
         self.data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-        self.on_bad_example = _check_policy(on_bad_example)
-        self._counter = _BadCounter(f"tfds:{name}:{split}")
+        self.on_bad_example = check_policy(on_bad_example)
+        self._counter = BadCounter(f"tfds:{name}:{split}")
         self._ds = None
         self._len = len(self._source())
 
@@ -502,8 +502,7 @@ class TfdsSource:
             elif image.shape[-1] == 4:
                 image = image[..., :3]
             if image.dtype != np.uint8:
-                from mpc_jax.data.io import _to_uint8
-                image = _to_uint8(image)
+                image = to_uint8(image)
             if "mask" in ex and ex["mask"] is not None:
                 m = np.asarray(ex["mask"])
                 if m.ndim == 3:
@@ -655,7 +654,7 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
       missing_mask: folder pairs only: an image without a mask is `'bad'` or `'authentic'`.
     Returns: a source with `len()` and `[i] -> {'image', 'mask', 'path'}`.
     """
-    _check_policy(on_bad_example)
+    check_policy(on_bad_example)
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"data spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
