@@ -43,10 +43,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from mpc_jax.data.sources import IMAGE_EXTENSIONS
+
 MIN_SIDE = 16
 DEFAULT_SIZE = 512  # the paper's input size: resize mode for models whose training size is unknown
 BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
 
 
 @dataclasses.dataclass
