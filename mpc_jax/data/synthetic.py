@@ -36,6 +36,8 @@ import time
 import cv2
 import numpy as np
 
+from mpc_jax.metrics import pixel_f1
+
 __all__ = ["KINDS", "generate_example", "SyntheticSource", "write_dataset", "cli_main", "trivial_detector_f1",
            "natural_images"]
 
@@ -493,18 +495,12 @@ def cli_main(argv: list[str]) -> int:
 # Hardness check: trivial detectors
 # ------------------------------------------------------------------------------------------------------
 
-def _f1(pred: np.ndarray, gt: np.ndarray) -> float:
-    tp = float(np.logical_and(pred, gt).sum())
-    fp = float(np.logical_and(pred, ~gt).sum())
-    fn = float(np.logical_and(~pred, gt).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
-
-
 def _otsu_f1(score: np.ndarray, gt: np.ndarray) -> float:
     s = cv2.normalize(score.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     _, t = cv2.threshold(s, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     pred = t > 0
-    return max(_f1(pred, gt), _f1(~pred, gt))  # oracle polarity: an upper bound for the detector
+    # oracle polarity: an upper bound for the detector
+    return float(max(pixel_f1(pred, gt), pixel_f1(~pred, gt)))
 
 
 def trivial_detector_f1(examples) -> dict[str, float]:
@@ -522,7 +518,7 @@ def trivial_detector_f1(examples) -> dict[str, float]:
             continue
         img = ex["image"]
         k = max(5, (min(gt.shape) // 24) | 1)
-        res["all_ones"].append(_f1(np.ones_like(gt), gt))
+        res["all_ones"].append(float(pixel_f1(np.ones_like(gt), gt)))
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
         dist = np.linalg.norm(lab - np.median(lab.reshape(-1, 3), 0), axis=-1)
         res["colour"].append(_otsu_f1(cv2.blur(dist, (k, k)), gt))
