@@ -134,7 +134,7 @@ def validate_data_config(cfg) -> None:
     if not isinstance(g, (int, np.integer)) or g <= 0:
         bad("gt_ratio", f"must be a positive int, got {g!r}")
     if S % (g * 8):
-        bad("input_size", f"({S}) must be divisible by gt_ratio*8 = {g * 8} (4-level mask pyramid)")
+        bad("input_size", f"({S}) must be divisible by gt_ratio*8 = {g * 8} (the mask is halved three times for the feature scales)")
     srcs = _norm_sources(_get(cfg, "sources", []), "sources")
     if not srcs:
         bad("sources", "is empty: give at least one {'spec': ..., 'weight': ...}")
@@ -203,15 +203,9 @@ def _process_info(process_index, process_count):
     return int(process_index), int(process_count)
 
 
-def train_batch_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-example dicts: arrays -> [b, ...]; 'mask_pyramid' -> tuple of [b, ...]."""
-    out = {}
-    for k in examples[0]:
-        if k == "mask_pyramid":
-            out[k] = tuple(np.stack([e[k][i] for e in examples]) for i in range(len(examples[0][k])))
-        else:
-            out[k] = np.stack([e[k] for e in examples])
-    return out
+def train_batch_fn(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Stack per-example dicts of arrays: each key -> [b, ...]."""
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def make_train_dataset(config_data, *, seed: int, process_index: int | None = None,
@@ -323,7 +317,6 @@ def make_train_iterator(config_data, *, seed: int, process_index: int | None = N
 
       'image'        float32 [b, S, S, 3] in [0, 1]
       'mask'         float32 [b, S/g, S/g] in {0, 1}
-      'mask_pyramid' tuple of float32 [b, S/g, S/g], [b, S/2g, ...], [b, S/4g, ...], [b, S/8g, ...]
       'image_view2'  float32 [b, S, S, 3] (only with `second_view`)
 
     Save/restore its position with `it.get_state()` / `it.set_state(s)` or grain's orbax handlers.
