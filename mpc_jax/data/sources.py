@@ -679,18 +679,9 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
             raise ValueError(f"layout spec must be 'layout:NAME:ROOT', got {spec!r}")
         return layout_source(parts[1], parts[2], on_bad_example=on_bad_example, validate=validate)
     if spec.startswith("synthetic:"):
-        from mpc_jax.data.synthetic import SyntheticSource
+        from mpc_jax.data.synthetic import SyntheticConfig
 
-        parts = spec.split(":")[1:]
-        try:
-            num = int(parts[0])
-            seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
-            size = int(parts[2]) if len(parts) > 2 and parts[2] else 256
-            difficulty = float(parts[3]) if len(parts) > 3 and parts[3] else None
-        except ValueError:
-            raise ValueError(f"synthetic spec must be 'synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]', got {spec!r}") from None
-        kw = {} if difficulty is None else {"difficulty": difficulty}
-        return SyntheticSource(num, seed, (size, size), **kw)
+        return SyntheticConfig.from_spec(spec).source()
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         images_dir, masks_dir = os.path.join(path, "images"), os.path.join(path, "masks")
