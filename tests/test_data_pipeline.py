@@ -201,6 +201,40 @@ def test_config_validation_names_the_field(field, value, match):
         pipeline.validate_data_config(cfg)
 
 
+@pytest.mark.parametrize("form", ["configdict", "dict"])
+def test_unknown_data_config_field_is_named(form):
+    for bad, name in (({"input_sise": 64}, "config.data.input_sise"),
+                      ({"synthetic": {"nmu": 8}}, "config.data.synthetic.nmu")):
+        cfg = _cfg() if form == "configdict" else {}
+        for k, v in bad.items():
+            if form == "configdict" and k == "synthetic":
+                cfg.synthetic.update(v)  # ConfigDict.update adds the unknown field
+            else:
+                cfg[k] = v
+        with pytest.raises(ValueError, match=f"{name} is not a field"):
+            pipeline.check_data_config(cfg)
+        with pytest.raises(ValueError, match=f"{name} is not a field"):
+            list(pipeline.make_eval_iterator(cfg, IdSource(2), batch_size=2))
+
+
+def test_data_config_forms_merge_over_the_one_set_of_defaults():
+    defaults = pipeline.DataConfig()
+    assert pipeline.data_config(None) == defaults
+    assert pipeline.data_config({}) == defaults
+    assert pipeline.data_config(pipeline.default_data_config()) == defaults
+    assert pipeline.data_config(pipeline.default_data_config().to_dict()) == defaults
+    c = pipeline.data_config({"input_size": 64, "sources": ["a", {"spec": "b", "weight": 2}],
+                              "synthetic": {"size": 32}})
+    assert c.input_size == 64 and c.gt_ratio == defaults.gt_ratio
+    assert c.sources == (("a", 1.0), ("b", 2.0))
+    assert c.synthetic.size == 32 and c.synthetic.num == defaults.synthetic.num
+    assert pipeline.data_config(c) is c
+    # the ConfigDict form can be overridden on the command line: typed placeholders, tuples of sources
+    d = pipeline.default_data_config()
+    d.num_epochs, d.sources = 3, ["x"]
+    assert d.num_epochs == 3 and d.sources == ("x",)
+
+
 def test_worker_processes_and_checkpoint_roundtrip(tmp_path):
     """The one test that spawns a grain worker process: same batches as in-process, resumable state."""
     cfg = _cfg(num_workers=1, augment=True)

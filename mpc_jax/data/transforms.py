@@ -1,7 +1,7 @@
 """Training and evaluation transforms (grain transforms), equivalent to the reference's `mydatasets.py`.
 
 Training (`TrainTransform`, a `grain.transforms.RandomMap`), per example, with probability `augment_prob`
-(0.75) the reference chain:
+the reference chain:
   1. random down-scale by s ~ U(0.5, 1.0), p 0.75 (image bilinear, mask nearest);
   2. pad to `input_size` (reflect-101 border, albumentations 1.x's default, as the reference ran);
   3. one of {horizontal flip, vertical flip, rot90 (k in 1..3), transpose}, p 0.75;
@@ -41,6 +41,8 @@ from typing import Any
 import cv2
 import grain
 import numpy as np
+
+from mpc_jax.data.config import DataConfig
 
 __all__ = ["TrainTransform", "EvalTransform", "resize_mask_like_reference", "jpeg_recompress"]
 
@@ -140,8 +142,9 @@ class TrainTransform(grain.transforms.RandomMap):
     Deterministic given the `rng` grain passes in.
     """
 
-    def __init__(self, input_size: int = 512, gt_ratio: int = 4, *, augment: bool = True,
-                 augment_prob: float = 0.75, second_view: bool = False):
+    def __init__(self, input_size: int = DataConfig.input_size, gt_ratio: int = DataConfig.gt_ratio, *,
+                 augment: bool = DataConfig.augment, augment_prob: float = DataConfig.augment_prob,
+                 second_view: bool = DataConfig.second_view):
         self.input_size = int(input_size)
         self.gt_ratio = int(gt_ratio)
         self.augment = bool(augment)
@@ -235,7 +238,7 @@ class EvalTransform(grain.transforms.Map):
     'orig_hw': int32 [2], 'path': str}`. A `None` record (skipped bad example) passes through as `None`.
     """
 
-    def __init__(self, input_size: int = 512, gt_ratio: int = 4):
+    def __init__(self, input_size: int = DataConfig.input_size, gt_ratio: int = DataConfig.gt_ratio):
         self.input_size = int(input_size)
         self.gt_ratio = int(gt_ratio)
 
