@@ -167,7 +167,7 @@ def test_bad_examples_are_dropped_from_training(tmp_path):
         Image.fromarray(np.full((20, 20, 3), i, np.uint8)).save(p)
         pairs.append((str(p), None))
     (tmp_path / "2.png").write_bytes(b"broken")
-    src = PairSource(pairs, on_bad_example="skip", validate="none")
+    src = PairSource(pairs, on_bad_example="skip", check_files="none")
     cfg = _cfg(num_epochs=1, drop_remainder=False)
     ids = [i for b in _train_ds(cfg, [(1, src)], b=2) for i in _ids(b)]
     assert sorted(ids) == [0, 1, 3, 4]
@@ -193,12 +193,39 @@ def test_eval_iterator_keeps_original_masks(tmp_path):
     ("input_size", 100, "input_size"), ("gt_ratio", 0, "gt_ratio"), ("sources", [], "sources"),
     ("on_bad_example", "ignore", "on_bad_example"), ("mixture", "zip", "mixture"),
     ("augment_prob", 2.0, "augment_prob"), ("num_workers", -1, "num_workers"),
+    ("check_files", "quick", "check_files"),
 ])
 def test_config_validation_names_the_field(field, value, match):
     cfg = _cfg()
     cfg[field] = value
     with pytest.raises(ValueError, match=f"config.data.{match}"):
-        pipeline.validate_data_config(cfg)
+        pipeline.check_data_config(cfg)
+
+
+def test_old_validate_field_says_to_use_check_files():
+    cfg = _cfg()
+    cfg.validate = "full"
+    with pytest.raises(ValueError, match="config.data.validate is now config.data.check_files"):
+        pipeline.check_data_config(cfg)
+    with pytest.raises(ValueError, match="config.data.validate is now config.data.check_files"):
+        pipeline.build_sources({"validate": "none"})
+
+
+def test_check_files_reaches_the_file_sources(tmp_path):
+    from PIL import Image
+
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    data = (tmp_path / "images" / "1.png").read_bytes()
+    (tmp_path / "images" / "1.png").write_bytes(data[:-12])  # no PNG ending: fails the header check
+    lengths = {}
+    for mode in ("header", "none"):
+        [(_, _, src)] = pipeline.build_sources(_cfg(sources=[str(tmp_path)], check_files=mode))
+        lengths[mode] = len(src)
+    assert lengths == {"header": 2, "none": 3}
 
 
 @pytest.mark.parametrize("form", ["configdict", "dict"])

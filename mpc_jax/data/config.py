@@ -18,13 +18,14 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
+from mpc_jax.data.sources import CHECK_FILES, ON_BAD_EXAMPLE
 from mpc_jax.data.synthetic import SyntheticConfig
 
 __all__ = ["DataConfig", "SyntheticConfig", "data_config", "check_data_config", "default_data_config",
-           "MIXTURES", "ON_BAD_EXAMPLE"]
+           "MIXTURES"]
 
 MIXTURES = ("repeat", "sample")
-ON_BAD_EXAMPLE = ("skip", "raise")
+RENAMED = {"validate": "check_files"}  # old field name -> new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class DataConfig:
     read_prefetch: int = 16           # elements those threads buffer
     on_bad_example: str = "skip"      # training: 'skip' (drop, count, log) or 'raise'
     eval_on_bad_example: str = "raise"  # evaluation and validation
-    validate: str = "header"          # file checks when a source is built: 'header' | 'full' | 'none'
+    check_files: str = "header"       # how thoroughly sources check their files when built: 'header' | 'full' | 'none'
     shuffle_seed: int | None = None   # None: the `seed` argument; else the shuffle order's seed
     num_epochs: int | None = None     # None: forever
     drop_remainder: bool = True       # drop a last, partial batch
@@ -112,6 +113,8 @@ def _merge(cls, cfg, where: str):
     values = _as_dict(cfg, cls, where)
     names = [f.name for f in dataclasses.fields(cls)]
     for name in values:
+        if cls is DataConfig and name in RENAMED:
+            raise ValueError(f"{where}.{name} is now {where}.{RENAMED[name]} (same values); rename the field")
         if name not in names:
             near = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -156,8 +159,8 @@ def check_data_config(cfg) -> DataConfig:
     for f in ("on_bad_example", "eval_on_bad_example"):
         if getattr(c, f) not in ON_BAD_EXAMPLE:
             bad(f, f"must be 'skip' or 'raise', got {getattr(c, f)!r}")
-    if c.validate not in ("header", "full", "none"):
-        bad("validate", f"must be 'header', 'full' or 'none', got {c.validate!r}")
+    if c.check_files not in CHECK_FILES:
+        bad("check_files", f"must be 'header', 'full' or 'none', got {c.check_files!r}")
     p = c.augment_prob
     if not isinstance(p, (int, float)) or not 0 <= p <= 1:
         bad("augment_prob", f"must be in [0, 1], got {p!r}")

@@ -42,17 +42,17 @@ from mpc_jax.data.transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataConfig", "data_config", "default_data_config", "validate_data_config", "build_sources",
+__all__ = ["DataConfig", "data_config", "default_data_config", "check_data_config", "build_sources",
            "make_train_dataset", "make_train_iterator", "make_eval_dataset", "make_eval_iterator", "train_batch_fn",
            "eval_batch_fn"]
 
-validate_data_config = check_data_config
+validate_data_config = check_data_config  # the old name, until no caller uses it
 
 
 def _make_source(spec: str, cfg: DataConfig, on_bad_example: str):
     if spec == "synthetic":
         return cfg.synthetic.source()
-    return source_from_spec(spec, on_bad_example=on_bad_example, validate=cfg.validate)
+    return source_from_spec(spec, on_bad_example=on_bad_example, check_files=cfg.check_files)
 
 
 def build_sources(config_data, field: str = "sources", on_bad_example: str | None = None):
