@@ -4,7 +4,7 @@
 
 Per example, for both readers: read + decode the image and mask (512x512 synthetic forgeries, PNG files, or
 the same bytes packed into ArrayRecord shards), the reference augmentation chain with probability 0.75,
-resize to 512 / mask to 128, mask pyramid; batches of 8. Rows: read + decode only (one thread), the full
+resize to 512 / mask to 128; batches of 8. Rows: read + decode only (one thread), the full
 example in one Python thread (= examples/s per host core), and the grain pipeline (2 threads). Each row
 is the best of `--repeats` runs (other jobs on a shared machine only ever slow a run down).
 

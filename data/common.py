@@ -58,7 +58,7 @@ def layout_examples(layout: str, root: str, name: str):
     pairs, mode, errors = layout_pairs(layout, root)
     for err in errors:
         log.warning("%s: skipped %s", name, err)
-    src = PairSource(pairs, validate="none", mask_mode=mode, name=name)
+    src = PairSource(pairs, check_files="none", mask_mode=mode, name=name)
     for i in range(len(src)):
         try:
             ex = src.raw(i)

@@ -43,10 +43,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from mpc_jax.data.sources import IMAGE_EXTENSIONS
+
 MIN_SIDE = 16
 DEFAULT_SIZE = 512  # the paper's input size: resize mode for models whose training size is unknown
 BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
 
 
 @dataclasses.dataclass
@@ -60,7 +61,8 @@ class PredictConfig:
     threshold: float = 0.5      # mask = prob > threshold
     batch_size: int = 4
 
-    def validate(self) -> "PredictConfig":
+    def check(self) -> "PredictConfig":
+        """`self`, after raising `ValueError` on a bad field."""
         if self.mode not in ("native", "resize"):
             raise ValueError(f"mode must be 'native' or 'resize', got {self.mode!r}")
         if self.large not in ("tile", "downscale"):
@@ -155,8 +157,8 @@ def trained_size(model) -> int | None:
 
 
 def resolve_config(cfg: PredictConfig | None, model) -> PredictConfig:
-    """`cfg` validated, with `size=None` replaced by the model's training size (`DEFAULT_SIZE` when unknown)."""
-    cfg = (cfg or PredictConfig()).validate()
+    """`cfg` checked, with `size=None` replaced by the model's training size (`DEFAULT_SIZE` when unknown)."""
+    cfg = (cfg or PredictConfig()).check()
     if cfg.size is None:
         cfg = dataclasses.replace(cfg, size=trained_size(model) or DEFAULT_SIZE)
     return cfg
@@ -537,7 +539,7 @@ def load_model_from_args(args):
 
 def config_from_args(args) -> PredictConfig:
     return PredictConfig(mode=args.mode, size=args.size, tile=args.tile, overlap=args.overlap, large=args.large,
-                         threshold=args.threshold, batch_size=args.batch_size).validate()
+                         threshold=args.threshold, batch_size=args.batch_size).check()
 
 
 def check_model_use(model, cfg: PredictConfig, prog: str) -> None:

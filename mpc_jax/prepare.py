@@ -81,7 +81,7 @@ def _authentic_folder(spec: str):
   files = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
   if not files:
     return None
-  return PairSource([(os.path.join(d, f), None) for f in files], on_bad_example="skip", validate="none", name=path)
+  return PairSource([(os.path.join(d, f), None) for f in files], on_bad_example="skip", check_files="none", name=path)
 
 
 def _source_root(spec: str, source) -> str | None:
@@ -239,7 +239,7 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
   for name, spec in named:
     src = _authentic_folder(spec) if missing_mask == "authentic" else None
     if src is None:
-      src = source_from_spec(spec, on_bad_example="skip", validate="none", missing_mask=missing_mask)
+      src = source_from_spec(spec, on_bad_example="skip", check_files="none", missing_mask=missing_mask)
     sources.append(src)
     roots.append(_source_root(spec, src))
     listing_bad.append([{"path": p, "reason": r} for p, r in getattr(src, "bad_examples", [])])

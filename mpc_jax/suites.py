@@ -118,7 +118,7 @@ def resolve_suite(entries: Sequence[dict], root: str) -> tuple[list[tuple[str, s
       cand = str(e["spec"]).replace("{root}", root)
       looked.append(cand)
       try:
-        source_from_spec(cand, on_bad_example="skip", validate="none")
+        source_from_spec(cand, on_bad_example="skip", check_files="none")
         spec = cand
       except FileNotFoundError as err:
         looked[-1] += f" ({err})"

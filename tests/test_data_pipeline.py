@@ -51,10 +51,15 @@ def test_train_batch_shapes_full_augmentation_and_second_view():
         assert b["image"].shape == (3, S, S, 3) and b["image"].dtype == np.float32
         assert 0 <= b["image"].min() and b["image"].max() <= 1
         assert b["mask"].shape == (3, S // 4, S // 4) and set(np.unique(b["mask"])) <= {0.0, 1.0}
-        assert [m.shape for m in b["mask_pyramid"]] == [(3, S // 4 // k, S // 4 // k) for k in (1, 2, 4, 8)]
-        np.testing.assert_array_equal(b["mask_pyramid"][0], b["mask"])
-        np.testing.assert_array_equal(b["mask_pyramid"][2], b["mask"][:, ::4, ::4])
         assert b["image_view2"].shape == b["image"].shape
+        assert set(b) == {"image", "mask", "image_view2"}  # nothing else crosses to the devices
+
+
+def test_train_batches_carry_only_what_the_step_reads():
+    it = pipeline.make_train_iterator(_cfg(), seed=0, process_index=0, process_count=1, batch_size_per_process=2)
+    b = next(it)
+    assert set(b) == {"image", "mask"}
+    assert all(isinstance(v, np.ndarray) for v in b.values())
 
 
 def test_transform_is_deterministic_and_views_share_geometry():
@@ -162,7 +167,7 @@ def test_bad_examples_are_dropped_from_training(tmp_path):
         Image.fromarray(np.full((20, 20, 3), i, np.uint8)).save(p)
         pairs.append((str(p), None))
     (tmp_path / "2.png").write_bytes(b"broken")
-    src = PairSource(pairs, on_bad_example="skip", validate="none")
+    src = PairSource(pairs, on_bad_example="skip", check_files="none")
     cfg = _cfg(num_epochs=1, drop_remainder=False)
     ids = [i for b in _train_ds(cfg, [(1, src)], b=2) for i in _ids(b)]
     assert sorted(ids) == [0, 1, 3, 4]
@@ -188,12 +193,73 @@ def test_eval_iterator_keeps_original_masks(tmp_path):
     ("input_size", 100, "input_size"), ("gt_ratio", 0, "gt_ratio"), ("sources", [], "sources"),
     ("on_bad_example", "ignore", "on_bad_example"), ("mixture", "zip", "mixture"),
     ("augment_prob", 2.0, "augment_prob"), ("num_workers", -1, "num_workers"),
+    ("check_files", "quick", "check_files"),
 ])
 def test_config_validation_names_the_field(field, value, match):
     cfg = _cfg()
     cfg[field] = value
     with pytest.raises(ValueError, match=f"config.data.{match}"):
-        pipeline.validate_data_config(cfg)
+        pipeline.check_data_config(cfg)
+
+
+def test_old_validate_field_says_to_use_check_files():
+    cfg = _cfg()
+    cfg.validate = "full"
+    with pytest.raises(ValueError, match="config.data.validate is now config.data.check_files"):
+        pipeline.check_data_config(cfg)
+    with pytest.raises(ValueError, match="config.data.validate is now config.data.check_files"):
+        pipeline.build_sources({"validate": "none"})
+
+
+def test_check_files_reaches_the_file_sources(tmp_path):
+    from PIL import Image
+
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    data = (tmp_path / "images" / "1.png").read_bytes()
+    (tmp_path / "images" / "1.png").write_bytes(data[:-12])  # no PNG ending: fails the header check
+    lengths = {}
+    for mode in ("header", "none"):
+        [(_, _, src)] = pipeline.build_sources(_cfg(sources=[str(tmp_path)], check_files=mode))
+        lengths[mode] = len(src)
+    assert lengths == {"header": 2, "none": 3}
+
+
+@pytest.mark.parametrize("form", ["configdict", "dict"])
+def test_unknown_data_config_field_is_named(form):
+    for bad, name in (({"input_sise": 64}, "config.data.input_sise"),
+                      ({"synthetic": {"nmu": 8}}, "config.data.synthetic.nmu")):
+        cfg = _cfg() if form == "configdict" else {}
+        for k, v in bad.items():
+            if form == "configdict" and k == "synthetic":
+                cfg.synthetic.update(v)  # ConfigDict.update adds the unknown field
+            else:
+                cfg[k] = v
+        with pytest.raises(ValueError, match=f"{name} is not a field"):
+            pipeline.check_data_config(cfg)
+        with pytest.raises(ValueError, match=f"{name} is not a field"):
+            list(pipeline.make_eval_iterator(cfg, IdSource(2), batch_size=2))
+
+
+def test_data_config_forms_merge_over_the_one_set_of_defaults():
+    defaults = pipeline.DataConfig()
+    assert pipeline.data_config(None) == defaults
+    assert pipeline.data_config({}) == defaults
+    assert pipeline.data_config(pipeline.default_data_config()) == defaults
+    assert pipeline.data_config(pipeline.default_data_config().to_dict()) == defaults
+    c = pipeline.data_config({"input_size": 64, "sources": ["a", {"spec": "b", "weight": 2}],
+                              "synthetic": {"size": 32}})
+    assert c.input_size == 64 and c.gt_ratio == defaults.gt_ratio
+    assert c.sources == (("a", 1.0), ("b", 2.0))
+    assert c.synthetic.size == 32 and c.synthetic.num == defaults.synthetic.num
+    assert pipeline.data_config(c) is c
+    # the ConfigDict form can be overridden on the command line: typed placeholders, tuples of sources
+    d = pipeline.default_data_config()
+    d.num_epochs, d.sources = 3, ["x"]
+    assert d.num_epochs == 3 and d.sources == ("x",)
 
 
 def test_worker_processes_and_checkpoint_roundtrip(tmp_path):

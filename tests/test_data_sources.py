@@ -113,10 +113,10 @@ def test_bad_examples_raise_names_the_file(tmp_path):
         with pytest.raises(BadExampleError, match=stem):
             PairSource(pairs, on_bad_example="raise")
         # decode-time detection as well (no header validation)
-        src = PairSource(pairs, on_bad_example="raise", validate="none")
+        src = PairSource(pairs, on_bad_example="raise", check_files="none")
         with pytest.raises(BadExampleError, match=stem):
             src[0]
-        src = PairSource(pairs, on_bad_example="skip", validate="none")
+        src = PairSource(pairs, on_bad_example="skip", check_files="none")
         assert src[0] is None and src.num_bad == 1 and list(src) == []
 
 

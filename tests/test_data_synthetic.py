@@ -28,6 +28,21 @@ def test_deterministic_and_order_independent():
         synthetic.SyntheticSource(2, difficulty=2)
 
 
+def test_spec_string_and_config_share_the_defaults():
+    d = synthetic.SyntheticConfig()
+    assert synthetic.SyntheticConfig.from_spec("synthetic:7") == synthetic.SyntheticConfig(num=7)
+    assert synthetic.SyntheticConfig.from_spec("synthetic:7::40:0.25") == synthetic.SyntheticConfig(
+        num=7, size=40, difficulty=0.25)
+    src = source_from_spec("synthetic:7:3")
+    assert (src.num, src.seed, src.size, src.difficulty, src.authentic_prob, src.cache) == (
+        7, 3, (d.size, d.size), d.difficulty, d.authentic_prob, d.cache)
+    plain = synthetic.SyntheticSource(7)
+    assert (plain.seed, plain.size, plain.difficulty) == (d.seed, (d.size, d.size), d.difficulty)
+    for bad in ("synthetic:", "synthetic:seven", "synthetic:7:1.5"):
+        with pytest.raises(ValueError, match=r"synthetic:NUM\[:SEED"):
+            source_from_spec(bad)
+
+
 def test_write_dataset_and_cli_read_back(tmp_path, capsys):
     counts = synthetic.write_dataset(tmp_path / "w", 5, seed=1, size=(32, 32))
     assert sum(counts.values()) == 5

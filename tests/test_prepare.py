@@ -124,7 +124,7 @@ def test_records_hold_the_files_byte_for_byte(folder, packed):
 def test_records_decode_exactly_as_the_files(folder, packed):
   out, _ = packed
   src = source_from_spec(f"arrayrecord:{out}")
-  files = PairSource([(str(folder / "images" / n), None) for n in GOOD_AUTHENTIC], validate="none")
+  files = PairSource([(str(folder / "images" / n), None) for n in GOOD_AUTHENTIC], check_files="none")
   assert len(src) == 9 and len(source_from_spec(f"arrayrecord:{out}:set")) == 9
   from mpc_jax.data.io import read_image, read_mask
 

@@ -1,18 +1,19 @@
-"""Data: decoding (`io`), random-access sources (`sources`), grain transforms and pipelines
-(`transforms`, `pipeline`), synthetic forgeries (`synthetic`), ArrayRecord shards (`arrayrecord`) and the
-public releases' folder layouts (`layouts`).
+"""Data: decoding (`io`), random-access sources (`sources`), `config.data` and its defaults (`config`), grain
+transforms and pipelines (`transforms`, `pipeline`), synthetic forgeries (`synthetic`), ArrayRecord shards
+(`arrayrecord`) and the public releases' folder layouts (`layouts`).
 
 Submodules load lazily (`mpc_jax.data.pipeline` pulls in grain/jax; `io` and `synthetic` do not).
 Main entry points:
   io.read_image(path) -> uint8 [H, W, 3];  io.read_mask(path, expected_hw=None) -> uint8 [H, W] {0,1}
   sources.source_from_spec(spec, on_bad_example='raise') -> source ({'image', 'mask', 'path'} records)
-  pipeline.default_data_config(); pipeline.make_train_iterator(...); pipeline.make_eval_iterator(...)
-  synthetic.generate_example / SyntheticSource / write_dataset / cli_main
+  config.DataConfig / default_data_config() / check_data_config(cfg)
+  pipeline.make_train_iterator(config_data, ...); pipeline.make_eval_iterator(config_data, ...)
+  synthetic.SyntheticConfig / generate_example / SyntheticSource / write_dataset / cli_main
   arrayrecord.ArrayRecordSource(dir, name=None); layouts.layout_source(name, root)
 """
 import importlib
 
-_SUBMODULES = ("io", "sources", "transforms", "pipeline", "synthetic", "arrayrecord", "layouts")
+_SUBMODULES = ("io", "sources", "config", "transforms", "pipeline", "synthetic", "arrayrecord", "layouts")
 
 
 def __getattr__(name):

@@ -89,10 +89,10 @@ class ArrayRecordSource:
   """
 
   def __init__(self, directory, name: str | None = None, *, on_bad_example: str = "raise"):
-    from mpc_jax.data.sources import _BadCounter, _check_policy
+    from mpc_jax.data.sources import BadCounter, check_policy
 
     self.directory = os.path.abspath(os.fspath(directory))
-    self.on_bad_example = _check_policy(on_bad_example)
+    self.on_bad_example = check_policy(on_bad_example)
     man = load_manifest(self.directory)
     sources = man.get("sources", [])
     if name is not None:
@@ -111,7 +111,7 @@ class ArrayRecordSource:
         if sh["records"]:
           self._paths.append(f"{p}[0:{int(sh['records'])}]")  # counts from the manifest: no file opened here
     self._len = sum(int(sh["records"]) for s in sources for sh in s["shards"])
-    self._counter = _BadCounter(self.name)
+    self._counter = BadCounter(self.name)
     self._ds = None
 
   def _data(self):

@@ -34,7 +34,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 16384 * 16384)
 
 __all__ = ["BadExampleError", "read_image", "read_mask", "image_size", "check_file_complete", "decode_image_bytes",
-           "decode_mask_bytes", "encode_mask_png"]
+           "decode_mask_bytes", "encode_mask_png", "to_uint8"]
 
 
 class BadExampleError(ValueError):
@@ -130,7 +130,7 @@ def _cv2_decode(data: np.ndarray, name, reason: str) -> np.ndarray:
     return arr
 
 
-def _to_uint8(arr: np.ndarray, mode: str | None = None) -> np.ndarray:
+def to_uint8(arr: np.ndarray, mode: str | None = None) -> np.ndarray:
     """Scale any integer/float array to uint8 from its nominal value range."""
     if arr.dtype == np.uint8:
         return arr
@@ -161,7 +161,7 @@ def _pil_to_array(img: Image.Image, path) -> np.ndarray:
     if mode in ("P", "PA"):
         return np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., :3]
     if mode.startswith("I;16") or mode == "I" or mode == "F":
-        return _to_uint8(np.asarray(img), mode)
+        return to_uint8(np.asarray(img), mode)
     try:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Exception as e:  # noqa: BLE001 - any conversion failure makes the example unusable
@@ -172,7 +172,7 @@ def _read_any(path) -> np.ndarray:
     img = _open(path)
     if img is None:
         arr = _cv2_fallback(path)
-        return _to_uint8(arr) if arr.dtype != np.uint8 else arr
+        return to_uint8(arr) if arr.dtype != np.uint8 else arr
     return _pil_to_array(img, path)
 
 
@@ -292,7 +292,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """`read_image` for an encoded file held in memory (e.g. a TFDS record): uint8 [H, W, 3]."""
     arr = _decode_bytes(data, name)
     if arr.dtype != np.uint8:
-        arr = _to_uint8(arr)
+        arr = to_uint8(arr)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:

@@ -283,10 +283,10 @@ def layout_pairs(name: str, root) -> tuple[list[tuple[str, str | None]], str, li
   return pairs, mode, errors
 
 
-def layout_source(name: str, root, *, on_bad_example: str = "raise", validate: str = "header"):
+def layout_source(name: str, root, *, on_bad_example: str = "raise", check_files: str = "header"):
   """A `PairSource` over release `name` under `root` (spec `layout:NAME:ROOT`)."""
   from mpc_jax.data.sources import PairSource
 
   pairs, mode, errors = layout_pairs(name, root)
-  return PairSource(pairs, on_bad_example=on_bad_example, validate=validate, name=f"{name}:{root}",
+  return PairSource(pairs, on_bad_example=on_bad_example, check_files=check_files, name=f"{name}:{root}",
                     missing=errors, mask_mode=mode)

@@ -24,25 +24,9 @@ process's later rows.
 The iterator is a `grain.DatasetIterator`: `it.get_state()` / `it.set_state(state)`, or
 `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` with orbax, resume the same order.
 
-`config.data` fields (see `default_data_config()`):
-  sources            list of {'spec': str, 'weight': float} (or plain spec strings, weight 1). A spec is
-                     anything `sources.source_from_spec` reads; the spec 'synthetic' takes its settings from
-                     `synthetic`. Weights are repeat factors (reference: tampCOCO x1, CASIAv2 x40, IMD x20).
-  mixture            'repeat' (default: concatenation with repeats, reference semantics) or 'sample'
-                     (an endless stream, each draw picks source i with probability weight_i / sum; faster
-                     than `grain.MapDataset.mix` over repeated datasets, which costs ~40 ms a draw here).
-  val_sources        list of specs for validation (used by the trainer via `make_eval_iterator`).
-  input_size         S, model input side (512).           gt_ratio   S / mask side (4).
-  augment            the reference augmentation chain (True); False = only resize (demo).
-  augment_prob       probability of the chain (0.75).      second_view  add 'image_view2' (False).
-  num_workers        grain worker processes (0 = in the main process).
-  per_worker_buffer_size  batches buffered per worker (2).
-  read_threads       threads reading/augmenting per process (2). read_prefetch  elements buffered (16).
-  on_bad_example     'skip' (training default) or 'raise'.  eval_on_bad_example  'raise'.
-  validate           'header' | 'full' | 'none' (file checks at source construction).
-  shuffle_seed       None -> the `seed` argument; else the shuffle order seed (augmentation uses `seed`).
-  num_epochs         None (forever) or an int.            drop_remainder  True.
-  synthetic          {num, seed, size, difficulty, authentic_prob, cache}: the 'synthetic' spec.
+`config_data` (every function's first argument) is `config.data`: a ConfigDict, a dict, a
+`DataConfig` or None, merged over the defaults on entry; its fields and defaults are `DataConfig`'s
+(`mpc_jax.data.config`).
 """
 from __future__ import annotations
 
@@ -50,143 +34,34 @@ import logging
 from typing import Any, Sequence
 
 import grain
-import ml_collections
 import numpy as np
 
+from mpc_jax.data.config import DataConfig, check_data_config, data_config, default_data_config
 from mpc_jax.data.sources import MixtureSource, WeightedSampleSource, source_from_spec
 from mpc_jax.data.transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["default_data_config", "validate_data_config", "build_sources", "make_train_dataset",
-           "make_train_iterator", "make_eval_dataset", "make_eval_iterator", "train_batch_fn", "eval_batch_fn"]
+__all__ = ["DataConfig", "data_config", "default_data_config", "check_data_config", "build_sources",
+           "make_train_dataset", "make_train_iterator", "make_eval_dataset", "make_eval_iterator", "train_batch_fn",
+           "eval_batch_fn"]
+
+validate_data_config = check_data_config  # the old name, until no caller uses it
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-    """`config.data` defaults (runnable offline: trains on in-memory synthetic forgeries)."""
-    c = ml_collections.ConfigDict()
-    c.sources = [{"spec": "synthetic", "weight": 1.0}]
-    c.mixture = "repeat"
-    c.val_sources = []
-    c.input_size = 512
-    c.gt_ratio = 4
-    c.augment = True
-    c.augment_prob = 0.75
-    c.second_view = False
-    c.num_workers = 0
-    c.per_worker_buffer_size = 2
-    c.read_threads = 2
-    c.read_prefetch = 16
-    c.on_bad_example = "skip"
-    c.eval_on_bad_example = "raise"
-    c.validate = "header"
-    c.shuffle_seed = ml_collections.config_dict.placeholder(int)
-    c.num_epochs = ml_collections.config_dict.placeholder(int)
-    c.drop_remainder = True
-    c.synthetic = ml_collections.ConfigDict()
-    c.synthetic.num = 512
-    c.synthetic.seed = 0
-    c.synthetic.size = 256
-    c.synthetic.difficulty = 0.5
-    c.synthetic.authentic_prob = 0.1
-    c.synthetic.cache = True
-    return c
-
-
-def _get(cfg, name, default=None):
-    try:
-        v = cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
-    except (KeyError, AttributeError):
-        return default
-    return default if v is None and default is not None else v
-
-
-def _norm_sources(sources, field: str) -> list[tuple[str, float]]:
-    if isinstance(sources, str):
-        sources = [sources]
-    out = []
-    for i, s in enumerate(list(sources or [])):
-        if isinstance(s, str):
-            spec, weight = s, 1.0
-        else:
-            spec = _get(s, "spec")
-            weight = _get(s, "weight", 1.0)
-        if not isinstance(spec, str) or not spec:
-            raise ValueError(f"config.data.{field}[{i}].spec must be a non-empty string, got {spec!r}")
-        try:
-            weight = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"config.data.{field}[{i}].weight must be a number, got {weight!r}") from None
-        if not np.isfinite(weight) or weight < 0:
-            raise ValueError(f"config.data.{field}[{i}].weight must be finite and >= 0, got {weight}")
-        out.append((spec, weight))
-    return out
-
-
-def validate_data_config(cfg) -> None:
-    """Raise `ValueError` naming the offending `config.data.<field>`."""
-    def bad(field, msg):
-        raise ValueError(f"config.data.{field} {msg}")
-
-    S, g = _get(cfg, "input_size", 512), _get(cfg, "gt_ratio", 4)
-    if not isinstance(S, (int, np.integer)) or S <= 0:
-        bad("input_size", f"must be a positive int, got {S!r}")
-    if not isinstance(g, (int, np.integer)) or g <= 0:
-        bad("gt_ratio", f"must be a positive int, got {g!r}")
-    if S % (g * 8):
-        bad("input_size", f"({S}) must be divisible by gt_ratio*8 = {g * 8} (4-level mask pyramid)")
-    srcs = _norm_sources(_get(cfg, "sources", []), "sources")
-    if not srcs:
-        bad("sources", "is empty: give at least one {'spec': ..., 'weight': ...}")
-    if sum(w for _, w in srcs) <= 0:
-        bad("sources", "weights sum to 0")
-    _norm_sources(_get(cfg, "val_sources", []), "val_sources")
-    if _get(cfg, "mixture", "repeat") not in ("repeat", "sample"):
-        bad("mixture", f"must be 'repeat' or 'sample', got {_get(cfg, 'mixture')!r}")
-    for f in ("on_bad_example", "eval_on_bad_example"):
-        if _get(cfg, f, "skip") not in ("skip", "raise"):
-            bad(f, f"must be 'skip' or 'raise', got {_get(cfg, f)!r}")
-    if _get(cfg, "validate", "header") not in ("header", "full", "none"):
-        bad("validate", f"must be 'header', 'full' or 'none', got {_get(cfg, 'validate')!r}")
-    p = _get(cfg, "augment_prob", 0.75)
-    if not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        bad("augment_prob", f"must be in [0, 1], got {p!r}")
-    for f in ("num_workers", "read_threads", "read_prefetch", "per_worker_buffer_size"):
-        v = _get(cfg, f, 0)
-        if not isinstance(v, (int, np.integer)) or v < 0:
-            bad(f, f"must be an int >= 0, got {v!r}")
-    if _get(cfg, "read_threads", 1) < 1:
-        bad("read_threads", "must be >= 1")
-    ne = _get(cfg, "num_epochs")
-    if ne is not None and (not isinstance(ne, (int, np.integer)) or ne <= 0):
-        bad("num_epochs", f"must be None or a positive int, got {ne!r}")
-    syn = _get(cfg, "synthetic")
-    if syn is not None:
-        d = _get(syn, "difficulty", 0.5)
-        if not isinstance(d, (int, float)) or not 0 <= d <= 1:
-            bad("synthetic.difficulty", f"must be in [0, 1], got {d!r}")
-        n = _get(syn, "num", 1)
-        if not isinstance(n, (int, np.integer)) or n <= 0:
-            bad("synthetic.num", f"must be a positive int, got {n!r}")
-
-
-def _make_source(spec: str, cfg, on_bad_example: str):
+def _make_source(spec: str, cfg: DataConfig, on_bad_example: str):
     if spec == "synthetic":
-        from mpc_jax.data.synthetic import SyntheticSource
-
-        syn = _get(cfg, "synthetic") or {}
-        size = int(_get(syn, "size", 256))
-        return SyntheticSource(int(_get(syn, "num", 512)), int(_get(syn, "seed", 0)), (size, size),
-                               difficulty=float(_get(syn, "difficulty", 0.5)),
-                               authentic_prob=float(_get(syn, "authentic_prob", 0.1)),
-                               cache=bool(_get(syn, "cache", True)))
-    return source_from_spec(spec, on_bad_example=on_bad_example, validate=_get(cfg, "validate", "header"))
+        return cfg.synthetic.source()
+    return source_from_spec(spec, on_bad_example=on_bad_example, check_files=cfg.check_files)
 
 
-def build_sources(cfg, field: str = "sources", on_bad_example: str | None = None):
-    """[(spec, weight, source)] for `config.data.<field>`."""
-    policy = on_bad_example or _get(cfg, "on_bad_example", "skip")
-    return [(spec, w, _make_source(spec, cfg, policy)) for spec, w in _norm_sources(_get(cfg, field, []), field)]
+def build_sources(config_data, field: str = "sources", on_bad_example: str | None = None):
+    """[(spec, weight, source)] for `config.data.<field>` ('sources' or 'val_sources')."""
+    if field not in ("sources", "val_sources"):
+        raise ValueError(f"field must be 'sources' or 'val_sources', got {field!r}")
+    cfg = data_config(config_data)
+    policy = on_bad_example or cfg.on_bad_example
+    return [(spec, w, _make_source(spec, cfg, policy)) for spec, w in getattr(cfg, field)]
 
 
 def _process_info(process_index, process_count):
@@ -203,34 +78,26 @@ def _process_info(process_index, process_count):
     return int(process_index), int(process_count)
 
 
-def train_batch_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-example dicts: arrays -> [b, ...]; 'mask_pyramid' -> tuple of [b, ...]."""
-    out = {}
-    for k in examples[0]:
-        if k == "mask_pyramid":
-            out[k] = tuple(np.stack([e[k][i] for e in examples]) for i in range(len(examples[0][k])))
-        else:
-            out[k] = np.stack([e[k] for e in examples])
-    return out
+def train_batch_fn(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Stack per-example dicts of arrays: each key -> [b, ...]."""
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def make_train_dataset(config_data, *, seed: int, process_index: int | None = None,
                        process_count: int | None = None, batch_size_per_process: int,
                        sources=None) -> grain.IterDataset:
     """The training `grain.IterDataset` (see module doc). `sources`: prebuilt [(spec, weight, source)]."""
-    validate_data_config(config_data)
+    cfg = check_data_config(config_data)
     if not isinstance(batch_size_per_process, (int, np.integer)) or batch_size_per_process <= 0:
         raise ValueError(f"batch_size_per_process must be a positive int, got {batch_size_per_process!r}")
     pi, pc = _process_info(process_index, process_count)
-    cfg = config_data
     built = sources if sources is not None else build_sources(cfg)
-    shuffle_seed = _get(cfg, "shuffle_seed")
-    shuffle_seed = int(seed) if shuffle_seed is None else int(shuffle_seed)
+    shuffle_seed = int(seed) if cfg.shuffle_seed is None else int(cfg.shuffle_seed)
     # augmentation draws follow the global stream position, so the seed must not depend on the process
     aug_seed = int(np.random.SeedSequence([int(seed), 0]).generate_state(1)[0] & 0x7FFFFFFF)
     b = int(batch_size_per_process)
-    num_epochs = _get(cfg, "num_epochs")
-    if _get(cfg, "mixture", "repeat") == "repeat":
+    num_epochs = cfg.num_epochs
+    if cfg.mixture == "repeat":
         mix = MixtureSource([s for _, _, s in built], [w for _, w, _ in built], seed=shuffle_seed,
                             names=[sp for sp, _, _ in built])
         ds = grain.MapDataset.source(mix).shuffle(seed=shuffle_seed)
@@ -245,23 +112,22 @@ def make_train_dataset(config_data, *, seed: int, process_index: int | None = No
         ds = grain.MapDataset.source(sampler)
         if num_epochs is not None:
             log.warning("config.data.num_epochs is ignored with mixture='sample' (infinite stream)")
-    transform = TrainTransform(int(_get(cfg, "input_size", 512)), int(_get(cfg, "gt_ratio", 4)),
-                               augment=bool(_get(cfg, "augment", True)),
-                               augment_prob=float(_get(cfg, "augment_prob", 0.75)),
-                               second_view=bool(_get(cfg, "second_view", False)))
+    transform = TrainTransform(cfg.input_size, cfg.gt_ratio, augment=cfg.augment, augment_prob=cfg.augment_prob,
+                               second_view=cfg.second_view)
     ds = ds.random_map(_SkipNone(transform), seed=aug_seed)
     if pc > 1:
         ds = BlockShard(ds, pi, pc, b)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_get(cfg, "read_threads", 2)),
-                                                 prefetch_buffer_size=int(_get(cfg, "read_prefetch", 16))))
-    it_ds = it_ds.batch(int(batch_size_per_process), drop_remainder=bool(_get(cfg, "drop_remainder", True)),
-                        batch_fn=train_batch_fn)
-    nw = int(_get(cfg, "num_workers", 0))
-    if nw > 0:
+    it_ds = ds.to_iter_dataset(_read_options(cfg))
+    it_ds = it_ds.batch(b, drop_remainder=bool(cfg.drop_remainder), batch_fn=train_batch_fn)
+    if cfg.num_workers > 0:
         _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=nw, per_worker_buffer_size=int(_get(cfg, "per_worker_buffer_size", 2))))
+            num_workers=int(cfg.num_workers), per_worker_buffer_size=int(cfg.per_worker_buffer_size)))
     return it_ds
+
+
+def _read_options(cfg: DataConfig) -> grain.ReadOptions:
+    return grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.read_prefetch))
 
 
 class BlockShard(grain.MapDataset):
@@ -323,7 +189,6 @@ def make_train_iterator(config_data, *, seed: int, process_index: int | None = N
 
       'image'        float32 [b, S, S, 3] in [0, 1]
       'mask'         float32 [b, S/g, S/g] in {0, 1}
-      'mask_pyramid' tuple of float32 [b, S/g, S/g], [b, S/2g, ...], [b, S/4g, ...], [b, S/8g, ...]
       'image_view2'  float32 [b, S, S, 3] (only with `second_view`)
 
     Save/restore its position with `it.get_state()` / `it.set_state(s)` or grain's orbax handlers.
@@ -360,17 +225,15 @@ def make_eval_dataset(config_data, spec_or_source, *, batch_size: int, process_i
                       process_count: int | None = 1, on_bad_example: str | None = None,
                       pad_to_batch: bool = True) -> grain.IterDataset:
     """Evaluation dataset: fixed order, no augmentation, this process's `[pi::pc]` part."""
-    cfg = config_data
+    cfg = data_config(config_data)
     pi, pc = _process_info(process_index, process_count)
     if isinstance(spec_or_source, str):
-        policy = on_bad_example or _get(cfg, "eval_on_bad_example", "raise")
-        src = _make_source(spec_or_source, cfg, policy)
+        src = _make_source(spec_or_source, cfg, on_bad_example or cfg.eval_on_bad_example)
     else:
         src = spec_or_source
     ds = grain.MapDataset.source(src)[pi::pc]
-    ds = ds.map(EvalTransform(int(_get(cfg, "input_size", 512)), int(_get(cfg, "gt_ratio", 4))))
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_get(cfg, "read_threads", 2)),
-                                                 prefetch_buffer_size=int(_get(cfg, "read_prefetch", 16))))
+    ds = ds.map(EvalTransform(cfg.input_size, cfg.gt_ratio))
+    it_ds = ds.to_iter_dataset(_read_options(cfg))
     return it_ds.batch(int(batch_size), drop_remainder=False,
                        batch_fn=eval_batch_fn(batch_size if pad_to_batch else None))
 

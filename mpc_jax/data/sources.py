@@ -39,30 +39,31 @@ from typing import Any, Sequence
 import numpy as np
 
 from mpc_jax.data.io import (BadExampleError, binarize_mask, check_file_complete, decode_image_bytes, decode_mask_bytes,
-                             encode_mask_png, image_size, read_image, read_mask)
+                             encode_mask_png, image_size, read_image, read_mask, to_uint8)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BadExampleError", "PairSource", "TfdsSource", "MixtureSource", "WeightedSampleSource", "source_from_spec", "pairs_from_folder",
-    "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE", "mask_key", "decode_encoded", "raw_example",
-    "MASK_MODES", "read_mask_mode",
+    "pairs_from_list", "IMAGE_EXTENSIONS", "ON_BAD_EXAMPLE", "CHECK_FILES", "mask_key", "decode_encoded", "raw_example",
+    "MASK_MODES", "read_mask_mode", "check_policy", "BadCounter",
 ]
 MASK_MODES = ("binary", "inverted", "nonzero", "columbia")
 
 ON_BAD_EXAMPLE = ("raise", "skip")
+CHECK_FILES = ("header", "full", "none")  # how thoroughly a file-backed source checks its files when built
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm")
 _AUTHENTIC_TOKENS = {"", "none", "negative", "-", "null", "nan", "authentic"}
 _MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask", "_m", "_edgemask", "_groundtruth", "_label", ".mask")
 
 
-def _check_policy(on_bad_example: str) -> str:
+def check_policy(on_bad_example: str) -> str:
     if on_bad_example not in ON_BAD_EXAMPLE:
         raise ValueError(f"on_bad_example must be one of {ON_BAD_EXAMPLE}, got {on_bad_example!r}")
     return on_bad_example
 
 
-class _BadCounter:
+class BadCounter:
     """Counts and logs skipped examples (per process: grain workers keep their own counts)."""
 
     def __init__(self, name: str):
@@ -90,8 +91,8 @@ class PairSource:
     Args:
       pairs: sequence of `(image_path, mask_path or None)`.
       on_bad_example: `'raise'` or `'skip'` (see module docstring).
-      validate: `'header'` (default: existence, header, complete file ending, mask size -- no full
-        decode), `'full'` (decode everything now) or `'none'`.
+      check_files: how thoroughly the files are checked now (`CHECK_FILES`): `'header'` (existence,
+        header, complete file ending, mask size -- no full decode), `'full'` (decode everything) or `'none'`.
       name: for log messages.
       missing: extra `BadExampleError`s found while listing (e.g. unmatched folder files), reported
         under the same policy.
@@ -102,21 +103,22 @@ class PairSource:
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str | None]], *, on_bad_example: str = "raise",
-                 validate: str = "header", name: str = "pairs",
+                 check_files: str = "header", name: str = "pairs",
                  missing: Sequence[BadExampleError] = (), num_threads: int = 8, mask_mode: str = "binary"):
-        self.on_bad_example = _check_policy(on_bad_example)
+        self.on_bad_example = check_policy(on_bad_example)
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         self.mask_mode = mask_mode
-        if validate not in ("header", "full", "none"):
-            raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
+        if check_files not in CHECK_FILES:
+            raise ValueError(f"check_files must be 'header', 'full' or 'none', got {check_files!r}")
         self.name = name
-        self._counter = _BadCounter(name)
+        self._counter = BadCounter(name)
         pairs = [(os.fspath(i), None if m is None else os.fspath(m)) for i, m in pairs]
         for err in missing:
             self._bad(err)
-        if validate != "none" and pairs:
-            check = functools.partial(_check_pair_full, mask_mode=mask_mode) if validate == "full" else _check_pair_header
+        if check_files != "none" and pairs:
+            check = (functools.partial(_check_pair_full, mask_mode=mask_mode) if check_files == "full"
+                     else _check_pair_header)
             with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as ex:
                 errors = list(ex.map(check, pairs))
             good = []
@@ -439,8 +441,8 @@ class TfdsSource:
                  on_bad_example: str = "raise"):
         self.name, self.split = name, split
         self.data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-        self.on_bad_example = _check_policy(on_bad_example)
-        self._counter = _BadCounter(f"tfds:{name}:{split}")
+        self.on_bad_example = check_policy(on_bad_example)
+        self._counter = BadCounter(f"tfds:{name}:{split}")
         self._ds = None
         self._len = len(self._source())
 
@@ -502,8 +504,7 @@ class TfdsSource:
             elif image.shape[-1] == 4:
                 image = image[..., :3]
             if image.dtype != np.uint8:
-                from mpc_jax.data.io import _to_uint8
-                image = _to_uint8(image)
+                image = to_uint8(image)
             if "mask" in ex and ex["mask"] is not None:
                 m = np.asarray(ex["mask"])
                 if m.ndim == 3:
@@ -643,7 +644,7 @@ def unique_names(names):
     return out
 
 
-def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str = "header",
+def source_from_spec(spec: str, *, on_bad_example: str = "raise", check_files: str = "header",
                      missing_mask: str = "bad"):
     """Build a random-access source from a spec string (see the module docstring for the forms).
 
@@ -651,11 +652,11 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
       spec: folder, `IMAGES_DIR:MASKS_DIR`, `.txt/.csv/.npy/.json` list, `tfds:NAME[:SPLIT]`,
         `arrayrecord:DIR[:NAME]` or `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]`.
       on_bad_example: `'raise'` (error naming the file) or `'skip'` (skip, count, log).
-      validate: header checks at construction (`'header'`), full decode (`'full'`) or none.
+      check_files: file checks at construction: headers (`'header'`), full decode (`'full'`) or `'none'`.
       missing_mask: folder pairs only: an image without a mask is `'bad'` or `'authentic'`.
     Returns: a source with `len()` and `[i] -> {'image', 'mask', 'path'}`.
     """
-    _check_policy(on_bad_example)
+    check_policy(on_bad_example)
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"data spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
@@ -678,20 +679,11 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
         parts = spec.split(":", 2)
         if len(parts) < 3 or not parts[1] or not parts[2]:
             raise ValueError(f"layout spec must be 'layout:NAME:ROOT', got {spec!r}")
-        return layout_source(parts[1], parts[2], on_bad_example=on_bad_example, validate=validate)
+        return layout_source(parts[1], parts[2], on_bad_example=on_bad_example, check_files=check_files)
     if spec.startswith("synthetic:"):
-        from mpc_jax.data.synthetic import SyntheticSource
+        from mpc_jax.data.synthetic import SyntheticConfig
 
-        parts = spec.split(":")[1:]
-        try:
-            num = int(parts[0])
-            seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
-            size = int(parts[2]) if len(parts) > 2 and parts[2] else 256
-            difficulty = float(parts[3]) if len(parts) > 3 and parts[3] else None
-        except ValueError:
-            raise ValueError(f"synthetic spec must be 'synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]', got {spec!r}") from None
-        kw = {} if difficulty is None else {"difficulty": difficulty}
-        return SyntheticSource(num, seed, (size, size), **kw)
+        return SyntheticConfig.from_spec(spec).source()
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         images_dir, masks_dir = os.path.join(path, "images"), os.path.join(path, "masks")
@@ -700,18 +692,18 @@ def source_from_spec(spec: str, *, on_bad_example: str = "raise", validate: str 
         if not os.path.isdir(masks_dir):
             raise FileNotFoundError(f"{path}: a folder spec needs a 'masks/' sub-folder next to 'images/'")
         pairs, errors = pairs_from_folder(images_dir, masks_dir, missing_mask=missing_mask)
-        return PairSource(pairs, on_bad_example=on_bad_example, validate=validate, name=path, missing=errors)
+        return PairSource(pairs, on_bad_example=on_bad_example, check_files=check_files, name=path, missing=errors)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext not in (".txt", ".csv", ".npy", ".json", ".lst", ".flist"):
             raise ValueError(f"{path}: unsupported list format {ext!r} (use .txt, .csv, .npy or .json)")
-        return PairSource(pairs_from_list(path), on_bad_example=on_bad_example, validate=validate, name=path)
+        return PairSource(pairs_from_list(path), on_bad_example=on_bad_example, check_files=check_files, name=path)
     if ":" in spec:
         images_dir, masks_dir = spec.split(":", 1)
         if os.path.isdir(os.path.expanduser(images_dir)):
             pairs, errors = pairs_from_folder(os.path.expanduser(images_dir), os.path.expanduser(masks_dir),
                                               missing_mask=missing_mask)
-            return PairSource(pairs, on_bad_example=on_bad_example, validate=validate, name=spec, missing=errors)
+            return PairSource(pairs, on_bad_example=on_bad_example, check_files=check_files, name=spec, missing=errors)
     raise FileNotFoundError(
         f"data spec {spec!r} is not a folder (with images/ and masks/), IMAGES_DIR:MASKS_DIR, a .txt/.csv/.npy/"
         ".json list, tfds:NAME[:SPLIT], arrayrecord:DIR[:NAME] or synthetic:NUM[:SEED[:SIZE]]")

@@ -11,22 +11,27 @@ quality), so the untouched area is double-compressed while the forged region has
   0.0 ("easy", for the CPU demo): every tampered region carries a loud noise-level mismatch (added
       sensor-like noise, or an inpainted fill re-noised far above the background), larger regions,
       light post-processing -- learnable by a small network in minutes;
-  1.0 ("hard"): noise-level matched, full colour matching, heavy post-processing that masks the traces;
-  default 0.5. Colour/brightness is matched at every difficulty, so a "coloured boundary" is never the
-  cue: see `trivial_detector_f1` (and tests/test_data_synthetic.py) for the check.
+  1.0 ("hard"): noise-level matched, full colour matching, heavy post-processing that masks the traces.
+Colour/brightness is matched at every difficulty, so a "coloured boundary" is never the cue: see
+`trivial_detector_f1` (and tests/test_data_synthetic.py) for the check.
 
-API:
-  generate_example(rng, size=(H, W), kind=None, *, difficulty=0.5, authentic_prob=0.1)
+API (every default is `SyntheticConfig`'s):
+  SyntheticConfig(num, seed, size, difficulty, authentic_prob, cache)
+      the settings, as `config.data.synthetic` gives them or read from a spec string by
+      `SyntheticConfig.from_spec('synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]')`; `.source()` -> SyntheticSource.
+  generate_example(rng, size=(H, W), kind=None, *, difficulty, authentic_prob)
       -> {'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'kind': str}
-  SyntheticSource(num, seed, size, *, difficulty=0.5, authentic_prob=0.1, cache=True)
+  SyntheticSource(num, seed, size, *, difficulty, authentic_prob, cache)
       random-access source, deterministic per index (rng = default_rng([seed, index])).
-  write_dataset(out_dir, num, seed, size, *, difficulty=0.5, authentic_prob=0.1)
+  write_dataset(out_dir, num, seed, size, *, difficulty, authentic_prob)
       writes out_dir/images/NNNNNN_kind.png and out_dir/masks/NNNNNN_kind.png (0/255).
-  cli_main(argv) -- `mpc-jax synth --out DIR --num N --seed S [--size 256] [--difficulty 0.5]`.
+  cli_main(argv) -- `mpc-jax synth --out DIR --num N [--seed S] [--size PX] [--difficulty D]
+      [--authentic-prob P]`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -36,8 +41,10 @@ import time
 import cv2
 import numpy as np
 
-__all__ = ["KINDS", "generate_example", "SyntheticSource", "write_dataset", "cli_main", "trivial_detector_f1",
-           "natural_images"]
+from mpc_jax.metrics import pixel_f1
+
+__all__ = ["KINDS", "SyntheticConfig", "generate_example", "SyntheticSource", "write_dataset", "cli_main",
+           "trivial_detector_f1", "natural_images"]
 
 KINDS = ("splice", "copymove", "removal", "authentic")
 _TAMPER_P = {"splice": 0.4, "copymove": 0.3, "removal": 0.3}
@@ -48,6 +55,39 @@ _GRAY_FILES = ("camera.png", "brick.png", "grass.png", "gravel.png", "moon.png",
                "cell.png", "page.png", "text.png")
 _POOL: list[np.ndarray] | None = None
 _POOL_LOCK = threading.Lock()
+SPEC_FORM = "synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """A synthetic set's settings; the defaults here are the only ones (the functions below, the
+    `synthetic:...` spec string, `config.data.synthetic` and `mpc-jax synth` all take theirs from here)."""
+    num: int = 512               # examples (the spec string and `mpc-jax synth` always give it)
+    seed: int = 0                # example i draws from default_rng([seed, i])
+    size: int = 256              # image side in pixels
+    difficulty: float = 0.5      # 0 = loud traces (demo) ... 1 = hard (see the module doc)
+    authentic_prob: float = 0.1  # probability that an example is authentic (untouched)
+    cache: bool = True           # keep generated examples in memory
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "SyntheticConfig":
+        """`synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]` (empty or left-out parts take the defaults)."""
+        parts = spec.split(":")
+        if parts[0] != "synthetic" or len(parts) < 2:
+            raise ValueError(f"synthetic spec must be {SPEC_FORM!r}, got {spec!r}")
+        kw = {}
+        try:
+            for (name, kind), text in zip((("num", int), ("seed", int), ("size", int), ("difficulty", float)),
+                                          parts[1:]):
+                if text or name == "num":
+                    kw[name] = kind(text)
+        except ValueError:
+            raise ValueError(f"synthetic spec must be {SPEC_FORM!r}, got {spec!r}") from None
+        return cls(**kw)
+
+    def source(self) -> "SyntheticSource":
+        return SyntheticSource(self.num, self.seed, self.size, difficulty=self.difficulty,
+                               authentic_prob=self.authentic_prob, cache=self.cache)
 
 
 def natural_images() -> list[np.ndarray]:
@@ -339,8 +379,9 @@ def _hw(size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def generate_example(rng: np.random.Generator, size=(256, 256), kind: str | None = None, *,
-                     difficulty: float = 0.5, authentic_prob: float = 0.1) -> dict:
+def generate_example(rng: np.random.Generator, size=SyntheticConfig.size, kind: str | None = None, *,
+                     difficulty: float = SyntheticConfig.difficulty,
+                     authentic_prob: float = SyntheticConfig.authentic_prob) -> dict:
     """One synthetic example.
 
     Args:
@@ -394,8 +435,9 @@ class SyntheticSource:
     'kind': str}`. Example `i` uses `np.random.default_rng([seed, i])`, independent of access order.
     """
 
-    def __init__(self, num: int, seed: int = 0, size=(256, 256), *, difficulty: float = 0.5,
-                 authentic_prob: float = 0.1, cache: bool = True):
+    def __init__(self, num: int, seed: int = SyntheticConfig.seed, size=SyntheticConfig.size, *,
+                 difficulty: float = SyntheticConfig.difficulty, authentic_prob: float = SyntheticConfig.authentic_prob,
+                 cache: bool = SyntheticConfig.cache):
         if int(num) <= 0:
             raise ValueError(f"num must be positive, got {num}")
         if not 0 <= float(difficulty) <= 1:
@@ -438,8 +480,9 @@ class SyntheticSource:
         return f"SyntheticSource(num={self.num}, seed={self.seed}, size={self.size}, difficulty={self.difficulty})"
 
 
-def write_dataset(out_dir, num: int, seed: int = 0, size=(256, 256), *, difficulty: float = 0.5,
-                  authentic_prob: float = 0.1, progress: bool = False) -> dict:
+def write_dataset(out_dir, num: int, seed: int = SyntheticConfig.seed, size=SyntheticConfig.size, *,
+                  difficulty: float = SyntheticConfig.difficulty,
+                  authentic_prob: float = SyntheticConfig.authentic_prob, progress: bool = False) -> dict:
     """Write `out_dir/images/NNNNNN_kind.png` + `out_dir/masks/NNNNNN_kind.png` (0/255, zeros if authentic).
 
     The folder is what `source_from_spec(out_dir)` reads. Returns counts per kind.
@@ -464,15 +507,19 @@ def write_dataset(out_dir, num: int, seed: int = 0, size=(256, 256), *, difficul
 
 
 def cli_main(argv: list[str]) -> int:
-    """`mpc-jax synth --out DIR --num N --seed S [--size 256] [--difficulty 0.5] [--authentic-prob 0.1]`."""
+    """`mpc-jax synth --out DIR --num N [--seed S] [--size PX] [--difficulty D] [--authentic-prob P]`."""
     p = argparse.ArgumentParser(prog="mpc-jax synth", description="Write a folder of synthetic forgeries "
                                 "(images/ + masks/, readable as a data spec).")
     p.add_argument("--out", required=True, help="output folder (images/ and masks/ are created)")
     p.add_argument("--num", type=int, required=True, help="number of examples")
-    p.add_argument("--seed", type=int, default=0, help="random seed (example i uses [seed, i])")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.add_argument("--difficulty", type=float, default=0.5, help="0 = loud traces (demo) ... 1 = hard (default 0.5)")
-    p.add_argument("--authentic-prob", type=float, default=0.1, help="fraction of authentic images (default 0.1)")
+    d = SyntheticConfig()
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="random seed (example i uses [seed, i]; default %(default)s)")
+    p.add_argument("--size", type=int, default=d.size, help="image side in pixels (default %(default)s)")
+    p.add_argument("--difficulty", type=float, default=d.difficulty,
+                   help="0 = loud traces (demo) ... 1 = hard (default %(default)s)")
+    p.add_argument("--authentic-prob", type=float, default=d.authentic_prob,
+                   help="fraction of authentic images (default %(default)s)")
     from mpc_jax.main import add_common_args
 
     add_common_args(p)
@@ -493,18 +540,12 @@ def cli_main(argv: list[str]) -> int:
 # Hardness check: trivial detectors
 # ------------------------------------------------------------------------------------------------------
 
-def _f1(pred: np.ndarray, gt: np.ndarray) -> float:
-    tp = float(np.logical_and(pred, gt).sum())
-    fp = float(np.logical_and(pred, ~gt).sum())
-    fn = float(np.logical_and(~pred, gt).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
-
-
 def _otsu_f1(score: np.ndarray, gt: np.ndarray) -> float:
     s = cv2.normalize(score.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     _, t = cv2.threshold(s, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     pred = t > 0
-    return max(_f1(pred, gt), _f1(~pred, gt))  # oracle polarity: an upper bound for the detector
+    # oracle polarity: an upper bound for the detector
+    return float(max(pixel_f1(pred, gt), pixel_f1(~pred, gt)))
 
 
 def trivial_detector_f1(examples) -> dict[str, float]:
@@ -522,7 +563,7 @@ def trivial_detector_f1(examples) -> dict[str, float]:
             continue
         img = ex["image"]
         k = max(5, (min(gt.shape) // 24) | 1)
-        res["all_ones"].append(_f1(np.ones_like(gt), gt))
+        res["all_ones"].append(float(pixel_f1(np.ones_like(gt), gt)))
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
         dist = np.linalg.norm(lab - np.median(lab.reshape(-1, 3), 0), axis=-1)
         res["colour"].append(_otsu_f1(cv2.blur(dist, (k, k)), gt))

@@ -1,7 +1,7 @@
 """Training and evaluation transforms (grain transforms), equivalent to the reference's `mydatasets.py`.
 
 Training (`TrainTransform`, a `grain.transforms.RandomMap`), per example, with probability `augment_prob`
-(0.75) the reference chain:
+the reference chain:
   1. random down-scale by s ~ U(0.5, 1.0), p 0.75 (image bilinear, mask nearest);
   2. pad to `input_size` (reflect-101 border, albumentations 1.x's default, as the reference ran);
   3. one of {horizontal flip, vertical flip, rot90 (k in 1..3), transpose}, p 0.75;
@@ -21,10 +21,7 @@ OpenCV's sigma for those kernels, 0.8..1.4). ElasticTransform's 1.x extra random
 
 Outputs (numpy, per example):
   'image':        float32 [S, S, 3] in [0, 1]   (RGB / 255, no mean/std)
-  'mask':         float32 [S/g, S/g] in {0, 1}
-  'mask_pyramid': tuple of 4 float32 masks [S/g, S/g], [S/2g, S/2g], [S/4g, S/4g], [S/8g, S/8g]
-                  (nearest down-sampling of 'mask', i.e. `mask[::k, ::k]`, as the reference's
-                  `F.interpolate(mode='nearest')` in its cross-scale loss)
+  'mask':         float32 [S/g, S/g] in {0, 1} (the stage-1 loss resizes it to each feature scale)
   'image_view2':  float32 [S, S, 3], only with `second_view=True`: the same geometry (scale, pad,
                   flip, distortion: identical parameters) with an independent photometric draw
                   (JPEG p 0.75 q 50..95, then p 0.25 one of the blur / noise-colour families), so the
@@ -45,14 +42,11 @@ import cv2
 import grain
 import numpy as np
 
-__all__ = ["TrainTransform", "EvalTransform", "mask_pyramid", "resize_mask_like_reference", "jpeg_recompress"]
+from mpc_jax.data.config import DataConfig
+
+__all__ = ["TrainTransform", "EvalTransform", "resize_mask_like_reference", "jpeg_recompress"]
 
 cv2.setNumThreads(1)  # parallelism comes from grain workers; nested OpenCV threads only contend
-
-
-def mask_pyramid(mask: np.ndarray, levels: int = 4) -> tuple[np.ndarray, ...]:
-    """`(mask, mask[::2, ::2], mask[::4, ::4], mask[::8, ::8])` for `levels=4` (nearest, top-left)."""
-    return tuple(np.ascontiguousarray(mask[:: 2 ** k, :: 2 ** k]) for k in range(levels))
 
 
 def resize_mask_like_reference(mask255: np.ndarray, size: int) -> np.ndarray:
@@ -142,20 +136,20 @@ class _Albu:
 
 
 class TrainTransform(grain.transforms.RandomMap):
-    """Reference training augmentation + resize + mask pyramid (+ optional second view).
+    """Reference training augmentation + resize (+ optional second view).
 
     Input record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, ...}`; output: see module doc.
     Deterministic given the `rng` grain passes in.
     """
 
-    def __init__(self, input_size: int = 512, gt_ratio: int = 4, *, augment: bool = True,
-                 augment_prob: float = 0.75, second_view: bool = False, pyramid_levels: int = 4):
+    def __init__(self, input_size: int = DataConfig.input_size, gt_ratio: int = DataConfig.gt_ratio, *,
+                 augment: bool = DataConfig.augment, augment_prob: float = DataConfig.augment_prob,
+                 second_view: bool = DataConfig.second_view):
         self.input_size = int(input_size)
         self.gt_ratio = int(gt_ratio)
         self.augment = bool(augment)
         self.augment_prob = float(augment_prob)
         self.second_view = bool(second_view)
-        self.pyramid_levels = int(pyramid_levels)
         self._albu = None
 
     def __getstate__(self):
@@ -229,7 +223,6 @@ class TrainTransform(grain.transforms.RandomMap):
         out = {
             "image": out_image.astype(np.float32) * np.float32(1 / 255),
             "mask": mask,
-            "mask_pyramid": mask_pyramid(mask, self.pyramid_levels),
         }
         if self.second_view:
             if view2.shape[:2] != (S, S):
@@ -245,7 +238,7 @@ class EvalTransform(grain.transforms.Map):
     'orig_hw': int32 [2], 'path': str}`. A `None` record (skipped bad example) passes through as `None`.
     """
 
-    def __init__(self, input_size: int = 512, gt_ratio: int = 4):
+    def __init__(self, input_size: int = DataConfig.input_size, gt_ratio: int = DataConfig.gt_ratio):
         self.input_size = int(input_size)
         self.gt_ratio = int(gt_ratio)
 
