@@ -325,7 +325,8 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
   state, parts = ts.create_state(model, scfg, mesh)
   model.eval()
   predict_fn = steps.make_predict_fn(parts, config, stage, mesh)
-  scalars, samples = validate.evaluate(predict_fn, state, config.data, validate.build_val_sources(config.data),
+  sources = validate.build_val_sources(config.data)
+  scalars, samples = validate.evaluate(predict_fn, state, config.data, sources,
                                        batch_size=int(scfg.eval_batch_size), mesh=mesh,
                                        num_images=int(config.num_sample_images))
   if samples is not None and jax.process_index() == 0:
@@ -337,7 +338,7 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
       Image.fromarray((np.clip(tile, 0, 1) * 255).astype(np.uint8)).save(out / f"sample_{i}.png")
     writer.write_images(int(scfg.num_steps), {"final/samples": samples})
   writer.write_scalars(int(scfg.num_steps), {f"final/{k}": v for k, v in scalars.items()})
-  console(config, f"final ({stage}) on held-out {', '.join(config.data.val_sources)}: "
+  console(config, f"final ({stage}) on held-out {', '.join(name for name, _ in sources)}: "
                   f"pixel F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} (threshold 0.5, mean over forged images)",
           always=True)
   return {"stage": stage, **scalars}

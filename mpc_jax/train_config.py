@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mpc_jax.data.pipeline import default_data_config
+from mpc_jax.data.config import default_data_config
 
 
 def stage_config(stage: str) -> ml_collections.ConfigDict:
@@ -62,11 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # compute dtype: float32 or bfloat16 (parameters stay float32)
       remat=False,      # rematerialise the backbone module by module: less memory, ~10% more compute
       depthwise="auto"))  # depth-wise convs: 'auto' (shifted adds on the CPU in eval mode), 'shift', 'xla'
-  data = default_data_config().to_dict()
-  # tuples: overridable on the command line (--config.data.sources='("arrayrecord:/data/packed",)')
-  data["sources"] = tuple(data.get("sources") or ())
-  data["val_sources"] = tuple(data.get("val_sources") or ())
-  c.data = ml_collections.ConfigDict(data)
+  c.data = default_data_config()  # mpc_jax.data.config.DataConfig's fields and defaults
   c.stage1 = stage_config("stage1")
   c.stage2 = stage_config("stage2")
   c.mesh_devices = -1               # devices on the 'data' axis (-1: all)

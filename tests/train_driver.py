@@ -28,7 +28,7 @@ p.add_argument("--num-processes", type=int, default=1)
 p.add_argument("--coordinator", default="")
 p.add_argument("--set", action="append", default=[])
 args = p.parse_args()
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -46,7 +46,6 @@ __all__ = ["DataConfig", "data_config", "default_data_config", "check_data_confi
            "make_train_dataset", "make_train_iterator", "make_eval_dataset", "make_eval_iterator", "train_batch_fn",
            "eval_batch_fn"]
 
-validate_data_config = check_data_config  # the old name, until no caller uses it
 
 
 def _make_source(spec: str, cfg: DataConfig, on_bad_example: str):
