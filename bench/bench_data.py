@@ -122,9 +122,9 @@ def main(argv=None):
     for reader, spec in specs.items():
       src = source_from_spec(spec, on_bad_example="skip")
       for what, threads, fn in (
-          ("read + decode", 1, lambda: bench_read(src, a.examples)),
-          ("read + decode + augment + batch (per core)", 1, lambda: bench_loop(src, a.examples, a.batch)),
-          ("grain pipeline", 2, lambda: bench_grain(spec, 2, a.examples, a.batch))):
+          ("read + decode", 1, lambda src=src: bench_read(src, a.examples)),
+          ("read + decode + augment + batch (per core)", 1, lambda src=src: bench_loop(src, a.examples, a.batch)),
+          ("grain pipeline", 2, lambda spec=spec: bench_grain(spec, 2, a.examples, a.batch))):
         eps = max(fn() for _ in range(a.repeats))
         row = {"reader": reader, "work": what, "threads": threads, "examples_per_s": eps}
         rows.append(row)

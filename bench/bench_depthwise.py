@@ -37,9 +37,9 @@ def main():
     kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1])) * 0.1, jnp.float32)
     times = {}
     for name, fn in (("xla", xla_depthwise), ("shift", depthwise_conv)):
-      fwd = jax.jit(lambda x, k, fn=fn: fn(x, k, stride, 1))
+      fwd = jax.jit(lambda x, k, fn=fn, stride=stride: fn(x, k, stride, 1))
       ct = jnp.ones_like(fwd(x, kernel))
-      bwd = jax.jit(lambda x, k, fn=fn, ct=ct: jax.vjp(lambda a, b: fn(a, b, stride, 1), x, k)[1](ct))
+      bwd = jax.jit(lambda x, k, fn=fn, ct=ct, s=stride: jax.vjp(lambda a, b: fn(a, b, s, 1), x, k)[1](ct))
       times[name] = (time_fn(fwd, x, kernel, repeats=args.repeats)["median_s"],
                      time_fn(bwd, x, kernel, repeats=args.repeats)["median_s"])
       rows.append({"shape": "x".join(map(str, shape)), "stride": stride, "impl": name,

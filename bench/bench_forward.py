@@ -31,7 +31,7 @@ def main():
     model = build_mpc(args.config, dtype=dtype)
     model.eval()
     graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    fwd = jax.jit(lambda state, x, graphdef=graphdef: nnx.merge(graphdef, state)(x))
     t = time_fn(fwd, state, images, repeats=args.repeats)
     rows.append({"model": args.config, "params": count_params(model), "dtype": dtype,
                  "input": f"{args.batch}x{args.size}x{args.size}", "compile+first_s": t["first_call_s"],

@@ -111,7 +111,7 @@ def evaluate_source(model, source, *, name: str = "data", cfg: PredictConfig | N
 
         label = name if perturbation == "none" else f"{name} [{perturbation} {strength}]"
         it = tqdm(it, total=n, desc=label, unit="img", file=sys.stderr, leave=False)
-    for (i, path, mask), prob in it:
+    for (_, path, mask), prob in it:
         if isinstance(prob, Exception):  # e.g. an image too small for the model
             failures.append((str(path), str(prob)))
             continue

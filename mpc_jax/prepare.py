@@ -236,7 +236,7 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
   named = [(name, spec) for name, (_, spec) in zip(unique_names([n for n, _ in pairs]), pairs)]
   t0 = time.time()
   sources, roots, listing_bad = [], [], []
-  for name, spec in named:
+  for _, spec in named:
     src = _authentic_folder(spec) if missing_mask == "authentic" else None
     if src is None:
       src = source_from_spec(spec, on_bad_example="skip", check_files="none", missing_mask=missing_mask)

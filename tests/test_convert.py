@@ -28,7 +28,7 @@ def random_state_dict_from_tsv(path, seed=0):
       sd[key] = np.asarray(rng.integers(0, 1000), np.int64).reshape(shape)
     else:
       sd[key] = rng.standard_normal(shape).astype(np.float32)
-  return sd, [l.split("\t")[0] for l in lines]
+  return sd, [line.split("\t")[0] for line in lines]
 
 
 @pytest.mark.parity

@@ -286,7 +286,8 @@ def test_mask_resize_is_bilinear_then_above_127():
     m = np.zeros((4, 4), np.uint8)
     m[0, 0] = 1                     # top-left block: 1 of 4
     m[0, 2:] = 1                    # top-right block: 2 of 4
-    m[2, 0:2] = 1; m[3, 0] = 1      # bottom-left block: 3 of 4
+    m[2, 0:2] = 1                   # bottom-left block: 3 of 4
+    m[3, 0] = 1
     out = resize_mask_like_reference(m * 255, 2)
     np.testing.assert_array_equal(out, [[0, 1], [1, 0]])
     assert out.dtype == np.float32

@@ -65,7 +65,7 @@ def test_mean_and_user_suite_file(data_root, tmp_path, monkeypatch):
 
   user = tmp_path / "my_suites.py"
   user.write_text("SUITES = {'two': [\n"
-                  f"  {{'name': 'A', 'spec': 'layout:dso1:{{root}}/tifs-database'}},\n"
+                  "  {'name': 'A', 'spec': 'layout:dso1:{root}/tifs-database'},\n"
                   "  {'name': 'B', 'dirs': ('COVERAGE',), 'layout': 'coverage'},\n"
                   "  {'name': 'C', 'spec': '{root}/nowhere'}]}\n")
   monkeypatch.setattr(E, "load_model_from_args", lambda args: half)

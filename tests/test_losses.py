@@ -164,11 +164,14 @@ def test_edge_cases_finite_and_chunked_equals_plain():
     H, W = 16, 16
     authentic = np.zeros((H, W))
     forged = np.ones((H, W))
-    one_query = np.ones((H, W)); one_query[3, 5] = 0
-    one_negative = np.zeros((H, W)); one_negative[8, 8] = 1
+    one_query = np.ones((H, W))
+    one_query[3, 5] = 0
+    one_negative = np.zeros((H, W))
+    one_negative[8, 8] = 1
     va, vb, m = _make_batch(rng, [authentic, forged, one_query, one_negative,
                                   _blob_mask(rng, H, W, 0.5)])
-    va[0] = va[0].copy(); va[0][3] = 0.0  # an all-zero embedding map (image 3, scale 0)
+    va[0] = va[0].copy()
+    va[0][3] = 0.0  # an all-zero embedding map (image 3, scale 0)
     (_, plain), g_plain = _value_and_grad(va, vb, m, chunk_size=None)
     (_, chunk), g_chunk = _value_and_grad(va, vb, m, chunk_size=7)  # 7 divides no set size
     for k in PARTS:
@@ -181,7 +184,7 @@ def test_edge_cases_finite_and_chunked_equals_plain():
     # per image: authentic and fully forged images give exactly 0 everywhere (reference: 0 and
     # NaN); the others agree with the reference port (zero embeddings included)
     for i in range(5):
-        sub = lambda x: [v[i:i + 1] for v in x]
+        sub = lambda x, i=i: [v[i:i + 1] for v in x]
         out = _fwd(sub(va), sub(vb), m[i:i + 1], key=KEY)
         if i < 2:
             assert all(float(out[k]) == 0.0 for k in PARTS), i

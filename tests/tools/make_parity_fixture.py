@@ -101,7 +101,7 @@ def randomise(torch, model, seed):
       for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
         if not t.is_floating_point():
           continue
-        normal = lambda std: torch.randn(t.shape, generator=gen) * std
+        normal = lambda std, t=t: torch.randn(t.shape, generator=gen) * std
         if name == "relative_position_bias_table":
           value = normal(1.0)
         elif isinstance(module, norms) and name == "weight":

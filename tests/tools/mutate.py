@@ -5,6 +5,7 @@ should catch each. A mutant that survives (its tests still pass) marks a gap in 
     python tests/tools/mutate.py --only bank     # mutants whose id contains 'bank'
     python tests/tools/mutate.py --exclude resume  # all but the slow checkpoint-resume mutants
     python tests/tools/mutate.py --list          # the mutants and their tests
+    python tests/tools/mutate.py --check         # only check that every snippet occurs once
     python tests/tools/mutate.py --out bench/results/mutation.json
 
 Each mutant replaces one exact snippet of one file (the snippet must occur exactly once, so a
@@ -175,7 +176,7 @@ MUTANTS = (
       'for i in range(task["start"], task["end"] - 1):', ("tests/test_prepare.py",)),
     # -- checkpoint resume
     M("resume-ignores-state", "resume restores the metadata but keeps the fresh state",
-      "mpc_jax/train.py", 'return _from_saveable(restored["state"], template), restored["meta"]',
+      "mpc_jax/train_state.py", 'return _from_saveable(restored["state"], template), restored["meta"]',
       'return template, restored["meta"]', ("tests/test_train_resume.py",)),
     M("resume-ignores-schedule", "resume forgets the learning-rate schedule's state",
       "mpc_jax/train.py", 'sched.load_state_dict(meta["schedule"])', 'pass',
@@ -201,8 +202,13 @@ def _run_tests(project: pathlib.Path, tests, timeout: float) -> tuple[int, float
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return -1, time.time() - start, "timed out"
-  lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+  lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
   return proc.returncode, time.time() - start, lines[-1] if lines else ""
+
+
+def snippet_counts(mutants=MUTANTS, root: pathlib.Path = ROOT) -> dict[str, int]:
+  """How often each mutant's snippet occurs in its file (each must occur exactly once)."""
+  return {m.id: (root / m.path).read_text().count(m.old) for m in mutants}
 
 
 def run_mutant(m: Mutant, timeout: float, source: pathlib.Path) -> dict:
@@ -242,6 +248,7 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="run the mutants whose id contains one of these (comma-separated)")
   p.add_argument("--exclude", default="", help="leave out the mutants whose id contains this text")
   p.add_argument("--list", action="store_true", help="list the mutants and exit")
+  p.add_argument("--check", action="store_true", help="check that every snippet occurs exactly once, and exit")
   p.add_argument("--jobs", type=int, default=1, help="mutants run at the same time (default 1)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per mutant's test run")
   p.add_argument("--skip-baseline", action="store_true", help="do not run the unmutated tests first")
@@ -252,6 +259,11 @@ def main(argv=None) -> int:
   if not mutants:
     print(f"no mutant id contains {args.only!r}; --list shows them", file=sys.stderr)
     return 2
+  if args.check:
+    bad = {k: n for k, n in snippet_counts(mutants).items() if n != 1}
+    for k, n in bad.items():
+      print(f"{k}: snippet found {n} times", file=sys.stderr)
+    return 1 if bad else 0
   if args.list:
     for m in mutants:
       print(f"{m.id:28s} {m.path:30s} {' '.join(m.tests)}")
