@@ -12,6 +12,7 @@ The table states how many host cores keep up with the training step rates in `be
 stage-1 / stage-2 images/s of HRT-base at 512 px (GPU rows where present, else the fastest CPU row),
 cores = ceil(step images/s / examples/s per core). Writes bench/results/<name>.json (provenance, units).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,11 @@ def step_rates() -> dict:
       d = json.load(fh)
     kind = d.get("machine", {}).get("device", "?")
     for r in d.get("rows", []):
-      if r.get("model") != "hrt_base" or not str(r.get("input", "")).endswith("512x512") or not r.get("images_per_s"):
+      if (
+        r.get("model") != "hrt_base"
+        or not str(r.get("input", "")).endswith("512x512")
+        or not r.get("images_per_s")
+      ):
         continue
       st = r["stage"]
       is_gpu = f in gpu
@@ -86,7 +91,9 @@ def bench_grain(spec, threads, examples, batch) -> float:
   cfg.sources = [{"spec": spec, "weight": 1.0}]
   cfg.input_size, cfg.augment = 512, True
   cfg.num_workers, cfg.read_threads, cfg.read_prefetch = 0, threads, 16
-  it = pipeline.make_train_iterator(cfg, seed=0, process_index=0, process_count=1, batch_size_per_process=batch)
+  it = pipeline.make_train_iterator(
+    cfg, seed=0, process_index=0, process_count=1, batch_size_per_process=batch
+  )
   next(it)  # start-up not counted
   n_batches = max(1, examples // batch)
   t = time.perf_counter()
@@ -115,16 +122,22 @@ def main(argv=None):
     folder = os.path.join(d, "files")
     write_dataset(folder, a.num_images, seed=0, size=(512, 512))
     t = time.perf_counter()
-    man = prepare.prepare([folder], os.path.join(d, "ar"), shard_size=max(1, a.num_images // 4), workers=1,
-                          progress=False)
+    man = prepare.prepare(
+      [folder], os.path.join(d, "ar"), shard_size=max(1, a.num_images // 4), workers=1, progress=False
+    )
     pack_s = time.perf_counter() - t
     specs = {"files (PNG per image)": folder, "arrayrecord": f"arrayrecord:{os.path.join(d, 'ar')}"}
     for reader, spec in specs.items():
       src = source_from_spec(spec, on_bad_example="skip")
       for what, threads, fn in (
-          ("read + decode", 1, lambda src=src: bench_read(src, a.examples)),
-          ("read + decode + augment + batch (per core)", 1, lambda src=src: bench_loop(src, a.examples, a.batch)),
-          ("grain pipeline", 2, lambda spec=spec: bench_grain(spec, 2, a.examples, a.batch))):
+        ("read + decode", 1, lambda src=src: bench_read(src, a.examples)),
+        (
+          "read + decode + augment + batch (per core)",
+          1,
+          lambda src=src: bench_loop(src, a.examples, a.batch),
+        ),
+        ("grain pipeline", 2, lambda spec=spec: bench_grain(spec, 2, a.examples, a.batch)),
+      ):
         eps = max(fn() for _ in range(a.repeats))
         row = {"reader": reader, "work": what, "threads": threads, "examples_per_s": eps}
         rows.append(row)
@@ -133,21 +146,36 @@ def main(argv=None):
     per_core = r["examples_per_s"] / r["threads"]
     for st in ("stage1", "stage2"):
       r[f"cores_{st}"] = math.ceil(rates[st][0] / per_core) if st in rates and "augment" in r["work"] else ""
-  units = {"examples_per_s": "examples/s (512x512, the reference augmentation chain, batch 8)",
-           "threads": "threads", "cores_stage1": "host cores that keep up with the stage-1 step rate "
-           "(ceil(images/s / per-core))", "cores_stage2": "host cores that keep up with the stage-2 step rate",
-           "batch": "examples per batch", "examples_timed": "examples per timed run",
-           "repeats_best_of": "timed runs per row (the best is kept)"}
+  units = {
+    "examples_per_s": "examples/s (512x512, the reference augmentation chain, batch 8)",
+    "threads": "threads",
+    "cores_stage1": "host cores that keep up with the stage-1 step rate (ceil(images/s / per-core))",
+    "cores_stage2": "host cores that keep up with the stage-2 step rate",
+    "batch": "examples per batch",
+    "examples_timed": "examples per timed run",
+    "repeats_best_of": "timed runs per row (the best is kept)",
+  }
   extra = {
-      "step_rates_images_per_s": {k: {"images_per_s": v[0], "from": v[1]} for k, v in rates.items()},
-      "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk, and the same packed "
-                f"({man['bytes'] / 2**20:.1f} MiB of shards, {pack_s:.1f} s to pack with 1 worker)",
-      "batch": a.batch, "examples_timed": a.examples, "repeats_best_of": a.repeats,
-      "notes": ["Cores are counted from the one-thread row (decode + augment in one Python thread per core); "
-                "grain worker processes scale that row across cores; a host feeding D devices needs D times "
-                "the cores of one device's rate.",
-                "Step rates: " + "; ".join(f"{k}: {v[0]:.3g} images/s from {v[1]}" for k, v in rates.items())]}
-  report(a.name, rows, ["reader", "work", "threads", "examples_per_s", "cores_stage1", "cores_stage2"], units, extra)
+    "step_rates_images_per_s": {k: {"images_per_s": v[0], "from": v[1]} for k, v in rates.items()},
+    "source": f"{a.num_images} synthetic 512x512 PNG pairs on local disk, and the same packed "
+    f"({man['bytes'] / 2**20:.1f} MiB of shards, {pack_s:.1f} s to pack with 1 worker)",
+    "batch": a.batch,
+    "examples_timed": a.examples,
+    "repeats_best_of": a.repeats,
+    "notes": [
+      "Cores are counted from the one-thread row (decode + augment in one Python thread per core); "
+      "grain worker processes scale that row across cores; a host feeding D devices needs D times "
+      "the cores of one device's rate.",
+      "Step rates: " + "; ".join(f"{k}: {v[0]:.3g} images/s from {v[1]}" for k, v in rates.items()),
+    ],
+  }
+  report(
+    a.name,
+    rows,
+    ["reader", "work", "threads", "examples_per_s", "cores_stage1", "cores_stage2"],
+    units,
+    extra,
+  )
   for k, v in rates.items():
     print(f"{k} step rate: {v[0]:.3g} images/s ({v[1]})")
   return 0

@@ -8,6 +8,7 @@ shape and implementation: median seconds of the jitted forward and of the backwa
 for the input and the kernel), and the speedup of the shifted form in the same run. Writes
 bench/results/NAME.json (default `depthwise_PLATFORM`).
 """
+
 import argparse
 import sys
 
@@ -40,17 +41,35 @@ def main():
       fwd = jax.jit(lambda x, k, fn=fn, stride=stride: fn(x, k, stride, 1))
       ct = jnp.ones_like(fwd(x, kernel))
       bwd = jax.jit(lambda x, k, fn=fn, ct=ct, s=stride: jax.vjp(lambda a, b: fn(a, b, s, 1), x, k)[1](ct))
-      times[name] = (time_fn(fwd, x, kernel, repeats=args.repeats)["median_s"],
-                     time_fn(bwd, x, kernel, repeats=args.repeats)["median_s"])
-      rows.append({"shape": "x".join(map(str, shape)), "stride": stride, "impl": name,
-                   "fwd_s": times[name][0], "bwd_s": times[name][1]})
+      times[name] = (
+        time_fn(fwd, x, kernel, repeats=args.repeats)["median_s"],
+        time_fn(bwd, x, kernel, repeats=args.repeats)["median_s"],
+      )
+      rows.append(
+        {
+          "shape": "x".join(map(str, shape)),
+          "stride": stride,
+          "impl": name,
+          "fwd_s": times[name][0],
+          "bwd_s": times[name][1],
+        }
+      )
     for r in rows[-2:]:
       r["fwd_speedup"] = times["xla"][0] / r["fwd_s"]
       r["bwd_speedup"] = times["xla"][1] / r["bwd_s"]
-  report(args.out or f"depthwise_{jax.devices()[0].platform}", rows,
-         ["shape", "stride", "impl", "fwd_s", "bwd_s", "fwd_speedup", "bwd_speedup"],
-         units={"shape": "batch x height x width x channels", "stride": "px", "fwd_s": "s", "bwd_s": "s",
-                "fwd_speedup": "ratio (the xla row's time / this row's)", "bwd_speedup": "ratio (the xla row's time / this row's)"})
+  report(
+    args.out or f"depthwise_{jax.devices()[0].platform}",
+    rows,
+    ["shape", "stride", "impl", "fwd_s", "bwd_s", "fwd_speedup", "bwd_speedup"],
+    units={
+      "shape": "batch x height x width x channels",
+      "stride": "px",
+      "fwd_s": "s",
+      "bwd_s": "s",
+      "fwd_speedup": "ratio (the xla row's time / this row's)",
+      "bwd_speedup": "ratio (the xla row's time / this row's)",
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 
 Prints a table and writes bench/results/forward.json.
 """
+
 import argparse
 import sys
 
@@ -33,12 +34,31 @@ def main():
     graphdef, state = nnx.split(model)
     fwd = jax.jit(lambda state, x, graphdef=graphdef: nnx.merge(graphdef, state)(x))
     t = time_fn(fwd, state, images, repeats=args.repeats)
-    rows.append({"model": args.config, "params": count_params(model), "dtype": dtype,
-                 "input": f"{args.batch}x{args.size}x{args.size}", "compile+first_s": t["first_call_s"],
-                 "median_s": t["median_s"], "min_s": t["min_s"], "images_per_s": args.batch / t["median_s"]})
-  report("forward", rows, ["model", "dtype", "input", "compile+first_s", "median_s", "min_s", "images_per_s"],
-         units={"params": "count", "input": "batch x height x width (px)", "compile+first_s": "s",
-                "median_s": "s", "min_s": "s", "images_per_s": "images/s"})
+    rows.append(
+      {
+        "model": args.config,
+        "params": count_params(model),
+        "dtype": dtype,
+        "input": f"{args.batch}x{args.size}x{args.size}",
+        "compile+first_s": t["first_call_s"],
+        "median_s": t["median_s"],
+        "min_s": t["min_s"],
+        "images_per_s": args.batch / t["median_s"],
+      }
+    )
+  report(
+    "forward",
+    rows,
+    ["model", "dtype", "input", "compile+first_s", "median_s", "min_s", "images_per_s"],
+    units={
+      "params": "count",
+      "input": "batch x height x width (px)",
+      "compile+first_s": "s",
+      "median_s": "s",
+      "min_s": "s",
+      "images_per_s": "images/s",
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ upsample the 1/4 map, threshold), which adds the cv2 resizes.
 
     python bench/bench_predict.py [--batch 1 2] [--iters 3]   # writes bench/results/predict.json
 """
+
 import argparse
 import json
 import os
@@ -21,68 +22,100 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "predict.json"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="hrt_base")
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args()
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--config", default="hrt_base")
+  ap.add_argument("--size", type=int, default=512)
+  ap.add_argument("--batch", type=int, nargs="+", default=[1, 2])
+  ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--out", default=str(RESULTS))
+  args = ap.parse_args()
 
-    import jax
-    import numpy as np
+  import jax
+  import numpy as np
 
-    from mpc_jax.models import build_mpc, count_params
-    from mpc_jax.predict import PredictConfig, Predictor, predict_arrays
+  from mpc_jax.models import build_mpc, count_params
+  from mpc_jax.predict import PredictConfig, Predictor, predict_arrays
 
+  t = time.time()
+  model = build_mpc(args.config, seed=0)
+  model.eval()
+  build_s = time.time() - t
+  rng = np.random.default_rng(0)
+  report = dict(
+    config=args.config,
+    params=count_params(model),
+    size=args.size,
+    dtype="float32",
+    backend=jax.default_backend(),
+    devices=str(jax.devices()),
+    cpu_count=os.cpu_count(),
+    machine=platform.machine(),
+    processor=platform.processor(),
+    jax=jax.__version__,
+    build_s=round(build_s, 2),
+    load_avg_start=[round(v, 2) for v in os.getloadavg()],
+    runs=[],
+  )
+  for b in args.batch:
+    pred = Predictor(model, batch_size=b)
+    x = rng.random((b, args.size, args.size, 3), dtype=np.float32)
     t = time.time()
-    model = build_mpc(args.config, seed=0)
-    model.eval()
-    build_s = time.time() - t
-    rng = np.random.default_rng(0)
-    report = dict(config=args.config, params=count_params(model), size=args.size, dtype="float32",
-                  backend=jax.default_backend(), devices=str(jax.devices()), cpu_count=os.cpu_count(),
-                  machine=platform.machine(), processor=platform.processor(), jax=jax.__version__,
-                  build_s=round(build_s, 2), load_avg_start=[round(v, 2) for v in os.getloadavg()], runs=[])
-    for b in args.batch:
-        pred = Predictor(model, batch_size=b)
-        x = rng.random((b, args.size, args.size, 3), dtype=np.float32)
-        t = time.time()
-        pred(x)
-        compile_s = time.time() - t
-        times = []
-        for _ in range(args.iters):
-            t = time.time()
-            pred(x)
-            times.append(time.time() - t)
-        best, med = min(times), statistics.median(times)
-        row = dict(batch=b, compile_plus_first_s=round(compile_s, 2), best_s=round(best, 3), median_s=round(med, 3),
-                   images_per_s_best=round(b / best, 3), images_per_s_median=round(b / med, 3))
-        report["runs"].append(row)
-        print(json.dumps(row), flush=True)
-    # end to end on one image, reference protocol (the batch-1 program is already compiled)
-    img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    cfg = PredictConfig(mode="resize", size=args.size, batch_size=1)
-    pred = Predictor(model, batch_size=1)
-    predict_arrays(pred, img, cfg)
+    pred(x)
+    compile_s = time.time() - t
     times = []
     for _ in range(args.iters):
-        t = time.time()
-        predict_arrays(pred, img, cfg)
-        times.append(time.time() - t)
-    report["end_to_end_640x480_resize512"] = dict(best_s=round(min(times), 3),
-                                                  images_per_s=round(1 / min(times), 3))
-    print(json.dumps(report["end_to_end_640x480_resize512"]))
-    report["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]  # > cpu_count: shared, timings inflated
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import write_result
+      t = time.time()
+      pred(x)
+      times.append(time.time() - t)
+    best, med = min(times), statistics.median(times)
+    row = dict(
+      batch=b,
+      compile_plus_first_s=round(compile_s, 2),
+      best_s=round(best, 3),
+      median_s=round(med, 3),
+      images_per_s_best=round(b / best, 3),
+      images_per_s_median=round(b / med, 3),
+    )
+    report["runs"].append(row)
+    print(json.dumps(row), flush=True)
+  # end to end on one image, reference protocol (the batch-1 program is already compiled)
+  img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+  cfg = PredictConfig(mode="resize", size=args.size, batch_size=1)
+  pred = Predictor(model, batch_size=1)
+  predict_arrays(pred, img, cfg)
+  times = []
+  for _ in range(args.iters):
+    t = time.time()
+    predict_arrays(pred, img, cfg)
+    times.append(time.time() - t)
+  report["end_to_end_640x480_resize512"] = dict(
+    best_s=round(min(times), 3), images_per_s=round(1 / min(times), 3)
+  )
+  print(json.dumps(report["end_to_end_640x480_resize512"]))
+  report["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]  # > cpu_count: shared, timings inflated
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from common import write_result
 
-    write_result(args.out, report, {
-        "params": "count", "size": "px", "batch": "images", "cpu_count": "cores", "build_s": "s", "compile_plus_first_s": "s", "best_s": "s",
-        "median_s": "s", "images_per_s_best": "images/s", "images_per_s_median": "images/s",
-        "images_per_s": "images/s", "load_avg_start": "runnable processes (1/5/15-min load average)",
-        "load_avg_end": "runnable processes (1/5/15-min load average)"})
+  write_result(
+    args.out,
+    report,
+    {
+      "params": "count",
+      "size": "px",
+      "batch": "images",
+      "cpu_count": "cores",
+      "build_s": "s",
+      "compile_plus_first_s": "s",
+      "best_s": "s",
+      "median_s": "s",
+      "images_per_s_best": "images/s",
+      "images_per_s_median": "images/s",
+      "images_per_s": "images/s",
+      "load_avg_start": "runnable processes (1/5/15-min load average)",
+      "load_avg_end": "runnable processes (1/5/15-min load average)",
+    },
+  )
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -10,6 +10,7 @@ eval mode, `no_grad`, float32, batch 1. timm is given the two helpers the refere
 Both sides report build, first call and median of `--repeats` calls; the mpc-jax side also lower
 and compile. Writes bench/results/NAME.json (default `reference_PLATFORM`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import compile_forward, report, time_fn  # noqa: E402
 
-REFERENCE_SCRIPT = r'''
+REFERENCE_SCRIPT = r"""
 import json, statistics, sys, time, types
 import torch
 try:
@@ -54,12 +55,13 @@ with torch.no_grad():
     t0 = time.perf_counter(); model(x); times.append(time.perf_counter() - t0)
 print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.median(times),
                       min_s=min(times), torch=torch.__version__, threads=torch.get_num_threads())))
-'''
+"""
 
 
 def reference_forward(root: str, size: int, repeats: int) -> dict:
-  proc = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, root, str(size), str(repeats)],
-                        capture_output=True, text=True)
+  proc = subprocess.run(
+    [sys.executable, "-c", REFERENCE_SCRIPT, root, str(size), str(repeats)], capture_output=True, text=True
+  )
   if proc.returncode != 0:
     raise SystemExit(f"bench_reference: the reference did not run: {proc.stderr.strip().splitlines()[-1:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -68,8 +70,14 @@ def reference_forward(root: str, size: int, repeats: int) -> dict:
 def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
   f = compile_forward("hrt_base", size, depthwise)
   t = time_fn(f["compiled"], *f["args"], repeats=repeats)
-  return dict(build_s=f["build_s"], lower_s=f["lower_s"], compile_s=f["compile_s"],
-              first_call_s=t["first_call_s"], median_s=t["median_s"], min_s=t["min_s"])
+  return dict(
+    build_s=f["build_s"],
+    lower_s=f["lower_s"],
+    compile_s=f["compile_s"],
+    first_call_s=t["first_call_s"],
+    median_s=t["median_s"],
+    min_s=t["min_s"],
+  )
 
 
 def main(argv=None):
@@ -81,21 +89,39 @@ def main(argv=None):
   p.add_argument("--out", default="", help="results name (default reference_PLATFORM)")
   args = p.parse_args(argv)
   if not (pathlib.Path(args.reference) / "CATNet_dataset_train/stage2/model.py").is_file():
-    p.error(f"--reference {args.reference!r} is not a checkout of multimediaFor/MPC "
-            "(no CATNet_dataset_train/stage2/model.py)")
+    p.error(
+      f"--reference {args.reference!r} is not a checkout of multimediaFor/MPC "
+      "(no CATNet_dataset_train/stage2/model.py)"
+    )
   rows = []
   ref = reference_forward(args.reference, args.size, args.repeats)
-  rows.append(dict(impl=f"reference (torch {ref['torch']}, {ref['threads']} threads)", **{
-      k: ref[k] for k in ("build_s", "first_call_s", "median_s", "min_s")}))
+  rows.append(
+    dict(
+      impl=f"reference (torch {ref['torch']}, {ref['threads']} threads)",
+      **{k: ref[k] for k in ("build_s", "first_call_s", "median_s", "min_s")},
+    )
+  )
   for depthwise in args.depthwise.split(","):
-    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}", **ours_forward(args.size, args.repeats, depthwise)))
+    rows.append(
+      dict(impl=f"mpc-jax, depthwise={depthwise}", **ours_forward(args.size, args.repeats, depthwise))
+    )
   for row in rows:
     row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
     row["input"] = f"1x{args.size}x{args.size}"
-  report(args.out or f"reference_{jax.devices()[0].platform}", rows,
-         ["impl", "input", "build_s", "lower_s", "compile_s", "first_call_s", "median_s", "speed_vs_reference"],
-         {"build_s": "s", "lower_s": "s", "compile_s": "s", "first_call_s": "s", "median_s": "s", "min_s": "s",
-          "speed_vs_reference": "reference median / this median"})
+  report(
+    args.out or f"reference_{jax.devices()[0].platform}",
+    rows,
+    ["impl", "input", "build_s", "lower_s", "compile_s", "first_call_s", "median_s", "speed_vs_reference"],
+    {
+      "build_s": "s",
+      "lower_s": "s",
+      "compile_s": "s",
+      "first_call_s": "s",
+      "median_s": "s",
+      "min_s": "s",
+      "speed_vs_reference": "reference median / this median",
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Stage-1 batches hold random images and half-forged masks (the loss samples `--nu
 per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
 (the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
 """
+
 import argparse
 import json
 import sys
@@ -71,8 +72,11 @@ def _batch(size, batch, mesh):
 
 # Dense peak TFLOP/s per device (vendor data sheets): bfloat16 tensor cores, and float32 matmuls as XLA
 # runs them on these GPUs by default (TF32 tensor cores). Unknown devices (CPUs): no MFU column.
-_PEAKS = {"H100": {"bfloat16": 989.0, "float32": 494.0}, "H200": {"bfloat16": 989.0, "float32": 494.0},
-          "A100": {"bfloat16": 312.0, "float32": 156.0}}
+_PEAKS = {
+  "H100": {"bfloat16": 989.0, "float32": 494.0},
+  "H200": {"bfloat16": 989.0, "float32": 494.0},
+  "A100": {"bfloat16": 312.0, "float32": 156.0},
+}
 
 
 def _peak_tflops(dtype):
@@ -97,7 +101,9 @@ def _memory(compiled):
   m = compiled.memory_analysis()
   if m is None:
     return {}
-  arg, out, alias, temp = (int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp"))
+  arg, out, alias, temp = (
+    int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")
+  )
   return {"args_MiB": arg / 2**20, "temp_MiB": temp / 2**20, "peak_MiB": (arg + out - alias + temp) / 2**20}
 
 
@@ -129,26 +135,45 @@ def main():
   p.add_argument("--batch", type=int, default=2, help="global batch")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--stages", default="stage1,stage2")
-  p.add_argument("--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)")
+  p.add_argument(
+    "--memory-size", type=int, default=512, help="side for the remat memory comparison (0: skip)"
+  )
   p.add_argument("--num-samples", type=int, default=5000, help="stage-1 loss: pixels per sampled set")
   p.add_argument("--remat-sizes", default="", help="sides whose timed stage-1 rows run with remat")
-  p.add_argument("--depthwise", default="xla", choices=("auto", "shift", "xla"),
-                 help="depth-wise convolutions: XLA's grouped conv, shifted adds, or auto (shift on CPU)")
-  p.add_argument("--cache-dir", default="",
-                 help="persistent compilation cache ('': a fresh temporary one, so compile_s is cold)")
+  p.add_argument(
+    "--depthwise",
+    default="xla",
+    choices=("auto", "shift", "xla"),
+    help="depth-wise convolutions: XLA's grouped conv, shifted adds, or auto (shift on CPU)",
+  )
+  p.add_argument(
+    "--cache-dir",
+    default="",
+    help="persistent compilation cache ('': a fresh temporary one, so compile_s is cold)",
+  )
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-  p.add_argument("--peak-tflops", type=float, default=0.0,
-                 help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)")
-  p.add_argument("--out", default="",
-                 help="results name (bench/results/NAME.json; default train_PLATFORM_CONFIG_DTYPE)")
-  p.add_argument("--stage2-trainable", default="",
-                 help="regex of stage-2 trained params ('': the config's, the head only; '.*': all)")
+  p.add_argument(
+    "--peak-tflops",
+    type=float,
+    default=0.0,
+    help="the device's peak TFLOP/s for the MFU column (0: a table value for known GPUs)",
+  )
+  p.add_argument(
+    "--out", default="", help="results name (bench/results/NAME.json; default train_PLATFORM_CONFIG_DTYPE)"
+  )
+  p.add_argument(
+    "--stage2-trainable",
+    default="",
+    help="regex of stage-2 trained params ('': the config's, the head only; '.*': all)",
+  )
   args = p.parse_args()
   try:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     remat_sizes = {int(s) for s in args.remat_sizes.split(",") if s}
   except ValueError:
-    p.error(f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}")
+    p.error(
+      f"--sizes and --remat-sizes take comma-separated integers, got {args.sizes!r}, {args.remat_sizes!r}"
+    )
   distributed.keep_remat_barriers_on_cpu()  # before the backends exist; a no-op off the CPU
   cache = compile_cache.enable(args.cache_dir or tempfile.mkdtemp(prefix="mpc_jax_bench_cache_"))
   mesh = distributed.make_mesh()
@@ -177,43 +202,102 @@ def main():
 
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
-        add({"stage": stage, "model": args.config, "params": n_params, "input": f"{args.batch}x{size}x{size}",
-             "remat": remat, **t_compile,
-             "build_to_first_step_s": first_step_s + t["first_call_s"], "median_s": t["median_s"], "min_s": t["min_s"],
-             "images_per_s": args.batch / t["median_s"], "GFLOP_per_step": flops / 1e9 if flops else None,
-             "loss": float(np.asarray(run().addressable_data(0))), **_memory(compiled),
-             "process_peak_GiB": _process_peak_gib()})
+        add(
+          {
+            "stage": stage,
+            "model": args.config,
+            "params": n_params,
+            "input": f"{args.batch}x{size}x{size}",
+            "remat": remat,
+            **t_compile,
+            "build_to_first_step_s": first_step_s + t["first_call_s"],
+            "median_s": t["median_s"],
+            "min_s": t["min_s"],
+            "images_per_s": args.batch / t["median_s"],
+            "GFLOP_per_step": flops / 1e9 if flops else None,
+            "loss": float(np.asarray(run().addressable_data(0))),
+            **_memory(compiled),
+            "process_peak_GiB": _process_peak_gib(),
+          }
+        )
         del compiled, state, batch, holder, run
     if args.memory_size and "stage1" in args.stages.split(","):
       for remat in (False, True):
-        if any(r["stage"] == "stage1" and r["remat"] == remat and r["input"].endswith(f"x{args.memory_size}")
-               for r in rows):
+        if any(
+          r["stage"] == "stage1" and r["remat"] == remat and r["input"].endswith(f"x{args.memory_size}")
+          for r in rows
+        ):
           continue  # measured (and run) above
-        print(f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True)
+        print(
+          f"compiling stage1 {args.batch}x{args.memory_size}x{args.memory_size} remat={remat} ...", flush=True
+        )
         compiled, _, _, t_compile, n_params = _compile(args, "stage1", args.memory_size, remat, mesh)
         flops = _flops(compiled)
-        add({"stage": "stage1", "model": args.config, "params": n_params,
-             "input": f"{args.batch}x{args.memory_size}x{args.memory_size}", "remat": remat,
-             **t_compile, "GFLOP_per_step": flops / 1e9 if flops else None, **_memory(compiled)})
+        add(
+          {
+            "stage": "stage1",
+            "model": args.config,
+            "params": n_params,
+            "input": f"{args.batch}x{args.memory_size}x{args.memory_size}",
+            "remat": remat,
+            **t_compile,
+            "GFLOP_per_step": flops / 1e9 if flops else None,
+            **_memory(compiled),
+          }
+        )
         del compiled
-  cols = ["stage", "input", "remat", "lower_s", "compile_s", "median_s", "images_per_s", "GFLOP_per_step",
-          "MFU", "args_MiB", "temp_MiB", "peak_MiB",
-          "process_peak_GiB"]
+  cols = [
+    "stage",
+    "input",
+    "remat",
+    "lower_s",
+    "compile_s",
+    "median_s",
+    "images_per_s",
+    "GFLOP_per_step",
+    "MFU",
+    "args_MiB",
+    "temp_MiB",
+    "peak_MiB",
+    "process_peak_GiB",
+  ]
   name = args.out or f"train_{jax.devices()[0].platform}_{args.config}_{args.dtype}"
   if not args.out and jax.devices()[0].platform == "gpu":  # every GPU run is kept, dated
     name += "_" + time.strftime("%Y%m%d_%H%M%S")
-  units = {"params": "count", "input": "batch x height x width (px)", "lower_s": "s", "compile_s": "s",
-           "build_to_first_step_s": "s", "median_s": "s", "min_s": "s", "images_per_s": "images/s",
-           "GFLOP_per_step": "GFLOP (1e9 FLOP, XLA cost analysis)", "loss": "loss value",
-           "args_MiB": "MiB (2**20 bytes)", "temp_MiB": "MiB (2**20 bytes)", "peak_MiB": "MiB (2**20 bytes)",
-           "process_peak_GiB": "GiB (2**30 bytes)", "MFU": "fraction of the peak",
-           "peak_tflops_per_device": "TFLOP/s", "devices_in_mesh": "devices"}
-  report(name, rows, cols, units, extra={"args": vars(args), "devices_in_mesh": int(mesh.devices.size),
-                                  "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
-                                  "compilation_cache": cache,
-                                  "peak_tflops_per_device": peak,
-                                  "memory_note": "XLA compiled memory analysis per device: "
-                                  "peak = arguments + outputs - donated (aliased) + temporaries"})
+  units = {
+    "params": "count",
+    "input": "batch x height x width (px)",
+    "lower_s": "s",
+    "compile_s": "s",
+    "build_to_first_step_s": "s",
+    "median_s": "s",
+    "min_s": "s",
+    "images_per_s": "images/s",
+    "GFLOP_per_step": "GFLOP (1e9 FLOP, XLA cost analysis)",
+    "loss": "loss value",
+    "args_MiB": "MiB (2**20 bytes)",
+    "temp_MiB": "MiB (2**20 bytes)",
+    "peak_MiB": "MiB (2**20 bytes)",
+    "process_peak_GiB": "GiB (2**30 bytes)",
+    "MFU": "fraction of the peak",
+    "peak_tflops_per_device": "TFLOP/s",
+    "devices_in_mesh": "devices",
+  }
+  report(
+    name,
+    rows,
+    cols,
+    units,
+    extra={
+      "args": vars(args),
+      "devices_in_mesh": int(mesh.devices.size),
+      "XLA_FLAGS": __import__("os").environ.get("XLA_FLAGS", ""),
+      "compilation_cache": cache,
+      "peak_tflops_per_device": peak,
+      "memory_note": "XLA compiled memory analysis per device: "
+      "peak = arguments + outputs - donated (aliased) + temporaries",
+    },
+  )
 
 
 if __name__ == "__main__":

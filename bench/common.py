@@ -1,4 +1,5 @@
 """Shared bits of the benchmarks: timing, a machine description, table + JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
   dev = jax.devices()[0]
-  return {"platform": dev.platform, "device": dev.device_kind, "devices": jax.device_count(),
-          "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__}
+  return {
+    "platform": dev.platform,
+    "device": dev.device_kind,
+    "devices": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+  }
 
 
 def provenance() -> dict:
@@ -85,7 +92,9 @@ def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
   return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
 
 
-def report(name: str, rows: list[dict], columns: list[str], units: dict, extra: dict | None = None) -> pathlib.Path:
+def report(
+  name: str, rows: list[dict], columns: list[str], units: dict, extra: dict | None = None
+) -> pathlib.Path:
   """Prints `rows` as a Markdown table and writes them with the machine facts, the provenance and
   the `units` of the row fields to results/NAME.json."""
   print("| " + " | ".join(columns) + " |")

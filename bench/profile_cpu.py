@@ -12,6 +12,7 @@ instructions. Kernel times are summed per family over `--repeats` calls and divi
 kernels that run at the same time on different threads each count, so the sum can exceed the
 wall time (both are printed). Writes bench/results/NAME.json (default `profile_PLATFORM_CONFIG`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,18 @@ from mpc_jax.train_config import base_config  # noqa: E402
 
 # scope name -> family; the innermost scope found in an instruction's op_name wins
 FAMILY_OF_SCOPE = {
-    "conv": "conv", "depthwise_conv": "depthwise conv", "linear": "linear (q/k/v/out)",
-    "window_attention": "window attention (QK, softmax, AV, bias)",
-    "window_partition": "window attention (QK, softmax, AV, bias)", "layer_norm": "LayerNorm",
-    "batch_norm": "BatchNorm", "activation": "activation (GELU/ReLU)", "resize": "resize / fuse",
-    "drop_path": "other", "loss": "stage-1 loss", "optimizer": "optimizer (AdamW)",
+  "conv": "conv",
+  "depthwise_conv": "depthwise conv",
+  "linear": "linear (q/k/v/out)",
+  "window_attention": "window attention (QK, softmax, AV, bias)",
+  "window_partition": "window attention (QK, softmax, AV, bias)",
+  "layer_norm": "LayerNorm",
+  "batch_norm": "BatchNorm",
+  "activation": "activation (GELU/ReLU)",
+  "resize": "resize / fuse",
+  "drop_path": "other",
+  "loss": "stage-1 loss",
+  "optimizer": "optimizer (AdamW)",
 }
 
 
@@ -112,8 +120,12 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
     name, opcode = m.group(1), m.group(2)
     op_name = _OP_NAME.search(line)
     groups = _GROUPS.search(line)
-    instructions[name] = (opcode, op_name.group(1) if op_name else "", int(groups.group(1)) if groups else 1,
-                          _CALLS.findall(line))
+    instructions[name] = (
+      opcode,
+      op_name.group(1) if op_name else "",
+      int(groups.group(1)) if groups else 1,
+      _CALLS.findall(line),
+    )
     computations[current].append(name)
   return instructions, computations
 
@@ -141,7 +153,9 @@ def kernel_family(name: str, instructions: dict, computations: dict) -> str:
   convs = [o for o in ops if o[0] == "convolution"]
   if convs:
     return "depthwise conv" if any(g > 1 for _, _, g in convs) else _conv_family(convs)
-  votes = collections.Counter(_scope_family(o[1]) for o in ops if o[1] and o[0] not in ("parameter", "constant"))
+  votes = collections.Counter(
+    _scope_family(o[1]) for o in ops if o[1] and o[0] not in ("parameter", "constant")
+  )
   return votes.most_common(1)[0][0] if votes else "other"
 
 
@@ -192,8 +206,9 @@ def _stage1(args, size, mesh):
   rng = np.random.default_rng(0)
   mask = np.zeros((args.batch, size // 4, size // 4), np.float32)
   mask[:, : size // 8] = 1.0
-  batch = distributed.global_batch({"image": rng.random((args.batch, size, size, 3), np.float32),
-                                    "mask": mask}, mesh)
+  batch = distributed.global_batch(
+    {"image": rng.random((args.batch, size, size, 3), np.float32), "mask": mask}, mesh
+  )
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   t1 = time.perf_counter()
@@ -234,15 +249,36 @@ def main(argv=None):
         p.error(f"--what takes forward and/or stage1, got {what!r}")
       fams, wall = profile(fn, fn_args, args.repeats, compiled.as_text())
       total = sum(fams.values())
-      print(f"\n{label}: wall {wall:.3f} s per call, kernel time {total / 1e3:.3f} s, "
-            f"lower {lower_s:.1f} s, compile {compile_s:.1f} s", flush=True)
+      print(
+        f"\n{label}: wall {wall:.3f} s per call, kernel time {total / 1e3:.3f} s, "
+        f"lower {lower_s:.1f} s, compile {compile_s:.1f} s",
+        flush=True,
+      )
       for fam, ms in sorted(fams.items(), key=lambda kv: -kv[1]):
-        rows.append(dict(program=label, family=fam, ms_per_call=ms, share=ms / total if total else 0.0,
-                         wall_s=wall, lower_s=lower_s, compile_s=compile_s))
-  report(args.out or f"profile_{jax.devices()[0].platform}_{args.config}", rows,
-         ["program", "family", "ms_per_call", "share"],
-         {"ms_per_call": "ms of kernel time per call", "share": "fraction of the kernel time", "wall_s": "s",
-          "lower_s": "s", "compile_s": "s"}, extra={"depthwise": args.depthwise})
+        rows.append(
+          dict(
+            program=label,
+            family=fam,
+            ms_per_call=ms,
+            share=ms / total if total else 0.0,
+            wall_s=wall,
+            lower_s=lower_s,
+            compile_s=compile_s,
+          )
+        )
+  report(
+    args.out or f"profile_{jax.devices()[0].platform}_{args.config}",
+    rows,
+    ["program", "family", "ms_per_call", "share"],
+    {
+      "ms_per_call": "ms of kernel time per call",
+      "share": "fraction of the kernel time",
+      "wall_s": "s",
+      "lower_s": "s",
+      "compile_s": "s",
+    },
+    extra={"depthwise": args.depthwise},
+  )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ file (memory in GiB, 2**30 bytes), and every row names its file and when it was 
 `tests/test_readme_figures.py` fails when a figure is edited by hand or a results file changes
 without the README being regenerated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ def fig_predict() -> str:
   d = load("predict.json")
   r = row(d["runs"], batch=1)
   e2e = d["end_to_end_640x480_resize512"]
-  return (f"{r['images_per_s_median']:.2f} images/s (median {r['median_s']:.2f} s); a 640x480 image end to end "
-          f"(resize, predict, upsample) {e2e['best_s']:.2f} s")
+  return (
+    f"{r['images_per_s_median']:.2f} images/s (median {r['median_s']:.2f} s); a 640x480 image end to end "
+    f"(resize, predict, upsample) {e2e['best_s']:.2f} s"
+  )
 
 
 def fig_loss() -> str:
@@ -81,8 +84,11 @@ def fig_loss() -> str:
     if "skipped" in r or "error" in r:
       return f"{mode} not run (XLA estimate {gib(r['xla_peak_bytes'])})"
     return f"{mode} {r['run_s']:.1f} s / {gib(r['xla_peak_bytes'])}"
-  return (f"5000 samples: {cell(5000, 'plain')} vs {cell(5000, 'chunked')}; 10000 samples: "
-          f"{cell(10000, 'chunked')}, {cell(10000, 'plain')}; memory: XLA's buffer estimate")
+
+  return (
+    f"5000 samples: {cell(5000, 'plain')} vs {cell(5000, 'chunked')}; 10000 samples: "
+    f"{cell(10000, 'chunked')}, {cell(10000, 'plain')}; memory: XLA's buffer estimate"
+  )
 
 
 def fig_data() -> str:
@@ -93,11 +99,15 @@ def fig_data() -> str:
   one = "read + decode + augment + batch (per core)"
   cores = row(rows, reader=ar, work=one)
   rates = d.get("step_rates_images_per_s", {})
-  rate = "; ".join(f"{k.replace('stage', 'stage ')}: {v['images_per_s']:.3g} images/s" for k, v in rates.items())
-  return (f"ArrayRecord vs one PNG per image: read + decode {cell(ar, 'read + decode'):.1f} vs "
-          f"{cell(files, 'read + decode'):.1f} ex/s; with the augmentations {cell(ar, one):.1f} vs "
-          f"{cell(files, one):.1f} ex/s per core; cores that keep up with the measured step rates ({rate}): "
-          f"stage 1 {cores['cores_stage1']}, stage 2 {cores['cores_stage2']}")
+  rate = "; ".join(
+    f"{k.replace('stage', 'stage ')}: {v['images_per_s']:.3g} images/s" for k, v in rates.items()
+  )
+  return (
+    f"ArrayRecord vs one PNG per image: read + decode {cell(ar, 'read + decode'):.1f} vs "
+    f"{cell(files, 'read + decode'):.1f} ex/s; with the augmentations {cell(ar, one):.1f} vs "
+    f"{cell(files, one):.1f} ex/s per core; cores that keep up with the measured step rates ({rate}): "
+    f"stage 1 {cores['cores_stage1']}, stage 2 {cores['cores_stage2']}"
+  )
 
 
 def fig_reference() -> str:
@@ -105,20 +115,24 @@ def fig_reference() -> str:
   ref = [r for r in rows if r["impl"].startswith("reference")][0]
   auto = row(rows, impl="mpc-jax, depthwise=auto")
   xla = row(rows, impl="mpc-jax, depthwise=xla")
-  return (f"reference {ref['median_s']:.2f} s; mpc-jax {auto['median_s']:.2f} s "
-          f"({auto['speed_vs_reference']:.2f}x the reference's speed; lower + compile "
-          f"{auto['lower_s'] + auto['compile_s']:.0f} s), {xla['median_s']:.2f} s with XLA's grouped "
-          f"depth-wise convolution ({xla['speed_vs_reference']:.2f}x)")
+  return (
+    f"reference {ref['median_s']:.2f} s; mpc-jax {auto['median_s']:.2f} s "
+    f"({auto['speed_vs_reference']:.2f}x the reference's speed; lower + compile "
+    f"{auto['lower_s'] + auto['compile_s']:.0f} s), {xla['median_s']:.2f} s with XLA's grouped "
+    f"depth-wise convolution ({xla['speed_vs_reference']:.2f}x)"
+  )
 
 
 def fig_depthwise() -> str:
   shift = [r for r in load("depthwise_cpu.json")["rows"] if r["impl"] == "shift"]
   fwd = [r["fwd_speedup"] for r in shift]
   bwd = [r["bwd_speedup"] for r in shift]
-  return (f"shifted multiply-adds (`layers.depthwise_conv`; `config.model.depthwise`, default 'auto': used on "
-          f"the CPU in eval mode) vs XLA's grouped convolution: {min(fwd):.1f}-{max(fwd):.1f}x faster forward, "
-          f"{min(bwd):.1f}-{max(bwd):.1f}x faster backward; in a training step it stores more "
-          f"(see `mpc_jax/models/layers.py`)")
+  return (
+    f"shifted multiply-adds (`layers.depthwise_conv`; `config.model.depthwise`, default 'auto': used on "
+    f"the CPU in eval mode) vs XLA's grouped convolution: {min(fwd):.1f}-{max(fwd):.1f}x faster forward, "
+    f"{min(bwd):.1f}-{max(bwd):.1f}x faster backward; in a training step it stores more "
+    f"(see `mpc_jax/models/layers.py`)"
+  )
 
 
 def fig_train_tiny() -> str:
@@ -126,9 +140,11 @@ def fig_train_tiny() -> str:
   s1 = row(rows, stage="stage1", remat=False)
   s2 = row(rows, stage="stage2", remat=False)
   s1r = row(rows, stage="stage1", remat=True)
-  return (f"stage 1 {s1['median_s']:.3f} s (compile {s1['compile_s']:.0f} s), stage 2 {s2['median_s']:.3f} s "
-          f"(compile {s2['compile_s']:.0f} s); stage-1 XLA peak {gib_from_mib(s1['peak_MiB'])}, "
-          f"{gib_from_mib(s1r['peak_MiB'])} with remat")
+  return (
+    f"stage 1 {s1['median_s']:.3f} s (compile {s1['compile_s']:.0f} s), stage 2 {s2['median_s']:.3f} s "
+    f"(compile {s2['compile_s']:.0f} s); stage-1 XLA peak {gib_from_mib(s1['peak_MiB'])}, "
+    f"{gib_from_mib(s1r['peak_MiB'])} with remat"
+  )
 
 
 def fig_train_base() -> str:
@@ -140,48 +156,80 @@ def fig_train_base() -> str:
 
   def timed(r):
     return f"{r['median_s']:.3g} s ({r['images_per_s']:.2g} images/s, XLA peak {gib_from_mib(r['peak_MiB'])})"
-  return (f"stage 2: {timed(a)} at 256 px, {timed(b)} at 512 px; stage 1: {timed(c)} at 256 px, {timed(d)} "
-          f"at 512 px with remat; compile {a['compile_s']:.0f}-{b['compile_s']:.0f} s (stage 2), "
-          f"{c['compile_s']:.0f} s (stage 1), {d['compile_s']:.0f} s (stage 1 with remat)")
+
+  return (
+    f"stage 2: {timed(a)} at 256 px, {timed(b)} at 512 px; stage 1: {timed(c)} at 256 px, {timed(d)} "
+    f"at 512 px with remat; compile {a['compile_s']:.0f}-{b['compile_s']:.0f} s (stage 2), "
+    f"{c['compile_s']:.0f} s (stage 1), {d['compile_s']:.0f} s (stage 1 with remat)"
+  )
 
 
 def fig_train_base_memory() -> str:
   rows = load("train_cpu_hrt_base_float32.json")["rows"]
   plain = row(rows, stage="stage1", input="2x512x512", remat=False)
   remat = row(rows, stage="stage1", input="2x512x512", remat=True)
-  return (f"{gib_from_mib(plain['peak_MiB'])} without remat (compiled only: it does not fit this machine), "
-          f"{gib_from_mib(remat['peak_MiB'])} with remat ({plain['peak_MiB'] / remat['peak_MiB']:.1f}x less) "
-          f"for {100 * (remat['GFLOP_per_step'] / plain['GFLOP_per_step'] - 1):.0f}% more FLOPs "
-          f"({remat['GFLOP_per_step']:.0f} vs {plain['GFLOP_per_step']:.0f} GFLOP as XLA counts them)")
+  return (
+    f"{gib_from_mib(plain['peak_MiB'])} without remat (compiled only: it does not fit this machine), "
+    f"{gib_from_mib(remat['peak_MiB'])} with remat ({plain['peak_MiB'] / remat['peak_MiB']:.1f}x less) "
+    f"for {100 * (remat['GFLOP_per_step'] / plain['GFLOP_per_step'] - 1):.0f}% more FLOPs "
+    f"({remat['GFLOP_per_step']:.0f} vs {plain['GFLOP_per_step']:.0f} GFLOP as XLA counts them)"
+  )
 
 
 def fig_train_gpu() -> str:
   rows = load("train_gpu_h100.json")["rows"]
   a = row(rows, stage="stage2", input="2x256x256")
   b = row(rows, stage="stage2", input="2x512x512")
-  return (f"stage 2: {a['median_s']:.3f} s at 256 px ({a['images_per_s']:.1f} images/s), {b['median_s']:.3f} s "
-          f"at 512 px ({b['images_per_s']:.1f} images/s), MFU {100 * max(a['MFU'], b['MFU']):.2f}%: far below "
-          f"the GPU, not yet profiled; stage 1 did not finish compiling in 170-330 s")
+  return (
+    f"stage 2: {a['median_s']:.3f} s at 256 px ({a['images_per_s']:.1f} images/s), {b['median_s']:.3f} s "
+    f"at 512 px ({b['images_per_s']:.1f} images/s), MFU {100 * max(a['MFU'], b['MFU']):.2f}%: far below "
+    f"the GPU, not yet profiled; stage 1 did not finish compiling in 170-330 s"
+  )
 
 
 # (what, results file, command when the file records none, figure)
 ROWS = [
-    ("HRT-base forward, 1x512x512, float32, jit, median of 5", "forward.json", "", fig_forward),
-    ("MPC forward beside the PyTorch reference, 1x512x512, float32, median of 3, same machine and run",
-     "reference_cpu.json", "", fig_reference),
-    ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
-    ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
-    ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
-    ("depth-wise 3x3 convolution, HRT-base's shapes at 512 px, batch 2", "depthwise_cpu.json", "", fig_depthwise),
-    ("training step, hrt_tiny, batch 2, 64 px (code-path check)", "train_cpu_hrt_tiny_float32.json", "",
-     fig_train_tiny),
-    ("training step, HRT-base, batch 2, float32, 256 and 512 px", "train_cpu_hrt_base_float32.json", "",
-     fig_train_base),
-    ("stage-1 peak memory per device, HRT-base, batch 2, 512 px (XLA's buffers)", "train_cpu_hrt_base_float32.json",
-     "", fig_train_base_memory),
-    ("training step, HRT-base, batch 2, one H100, float32 (XLA autotuning off)", "train_gpu_h100.json",
-     "XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/bench_train.py --stages stage2,stage1 --sizes 256 "
-     "(and --sizes 512)", fig_train_gpu),
+  ("HRT-base forward, 1x512x512, float32, jit, median of 5", "forward.json", "", fig_forward),
+  (
+    "MPC forward beside the PyTorch reference, 1x512x512, float32, median of 3, same machine and run",
+    "reference_cpu.json",
+    "",
+    fig_reference,
+  ),
+  ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
+  ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
+  ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
+  (
+    "depth-wise 3x3 convolution, HRT-base's shapes at 512 px, batch 2",
+    "depthwise_cpu.json",
+    "",
+    fig_depthwise,
+  ),
+  (
+    "training step, hrt_tiny, batch 2, 64 px (code-path check)",
+    "train_cpu_hrt_tiny_float32.json",
+    "",
+    fig_train_tiny,
+  ),
+  (
+    "training step, HRT-base, batch 2, float32, 256 and 512 px",
+    "train_cpu_hrt_base_float32.json",
+    "",
+    fig_train_base,
+  ),
+  (
+    "stage-1 peak memory per device, HRT-base, batch 2, 512 px (XLA's buffers)",
+    "train_cpu_hrt_base_float32.json",
+    "",
+    fig_train_base_memory,
+  ),
+  (
+    "training step, HRT-base, batch 2, one H100, float32 (XLA autotuning off)",
+    "train_gpu_h100.json",
+    "XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/bench_train.py --stages stage2,stage1 --sizes 256 "
+    "(and --sizes 512)",
+    fig_train_gpu,
+  ),
 ]
 
 
@@ -195,15 +243,19 @@ def bench_table() -> str:
 def demo_sentence() -> str:
   d = load("demo_cpu.json")
   p = d["provenance"]
-  return (f"In a run on the 2-core development machine while other jobs shared it (`{p['command']}`, "
-          f"{p['date'][:10]}, commit {p['commit']}; its result file is `bench/results/demo_cpu.json`): "
-          f"held-out pixel F1 {d['f1']:.3f} (IoU {d['iou']:.3f}); training and the final evaluation took "
-          f"{minutes(d['wall_s'])}.")
+  return (
+    f"In a run on the 2-core development machine while other jobs shared it (`{p['command']}`, "
+    f"{p['date'][:10]}, commit {p['commit']}; its result file is `bench/results/demo_cpu.json`): "
+    f"held-out pixel F1 {d['f1']:.3f} (IoU {d['iou']:.3f}); training and the final evaluation took "
+    f"{minutes(d['wall_s'])}."
+  )
 
 
 PARTS = {"bench-table": bench_table, "demo-result": demo_sentence}
-_BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(\n<!-- end generated: (?P=name) -->)",
-                    re.S)
+_BLOCK = re.compile(
+  r"(<!-- begin generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(\n<!-- end generated: (?P=name) -->)",
+  re.S,
+)
 
 
 def render(text: str) -> str:
@@ -216,6 +268,7 @@ def render(text: str) -> str:
       raise KeyError(f"README.md: unknown generated part {name!r} (known: {sorted(PARTS)})")
     seen.add(name)
     return m.group(1) + PARTS[name]() + m.group(4)
+
   out = _BLOCK.sub(sub, text)
   missing = set(PARTS) - seen
   if missing:
@@ -231,8 +284,11 @@ def main(argv=None) -> int:
   new = render(text)
   if args.check:
     if new != text:
-      sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
-                                                 "README.md (regenerated)"))
+      sys.stdout.writelines(
+        difflib.unified_diff(
+          text.splitlines(True), new.splitlines(True), "README.md", "README.md (regenerated)"
+        )
+      )
       return 1
     return 0
   if new != text:

@@ -6,6 +6,7 @@ Held-out evaluation: 64 synthetic images from another seed (never seen in traini
 (threshold 0.5, mean over forged images) is printed and written to WORKDIR/demo_result.json,
 sample predictions to WORKDIR/samples/ and TensorBoard.
 """
+
 import copy
 import json
 
@@ -37,7 +38,7 @@ def get_config(arg=None):
   d.synthetic.num = 1024
   d.synthetic.seed = 0
   d.synthetic.size = S
-  d.synthetic.difficulty = 0.0   # loud noise-level traces: learnable in minutes
+  d.synthetic.difficulty = 0.0  # loud noise-level traces: learnable in minutes
   d.synthetic.authentic_prob = 0.0
   d.val_sources = (f"synthetic:64:12345:{S}:0.0",)  # another seed: never seen in training
 

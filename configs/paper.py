@@ -14,15 +14,16 @@ CASIAv1, head 'casiav2'. File lists (the reference's `generate_flist.py` .npy li
 `config.data.sources` / `val_sources` for other locations. The reference validates every 1% of an
 epoch; `eval_every` is that many steps for its mixture (~844k images / 100 / batch 4).
 """
+
 from mpc_jax.train_config import base_config
 
 FLIST = "data/flist/"
 CATNET_SOURCES = [
-    {"spec": FLIST + "tampCOCO_sp_199999.npy", "weight": 1.0},
-    {"spec": FLIST + "tampCOCO_cm_199429.npy", "weight": 1.0},
-    {"spec": FLIST + "tampCOCO_bcm_199443.npy", "weight": 1.0},
-    {"spec": FLIST + "CASIA2_5123.npy", "weight": 40.0},
-    {"spec": FLIST + "IMD_2010.npy", "weight": 20.0},
+  {"spec": FLIST + "tampCOCO_sp_199999.npy", "weight": 1.0},
+  {"spec": FLIST + "tampCOCO_cm_199429.npy", "weight": 1.0},
+  {"spec": FLIST + "tampCOCO_bcm_199443.npy", "weight": 1.0},
+  {"spec": FLIST + "CASIA2_5123.npy", "weight": 40.0},
+  {"spec": FLIST + "IMD_2010.npy", "weight": 20.0},
 ]
 
 
@@ -31,8 +32,10 @@ VARIANTS = ("catnet_stage1", "catnet_stage2", "casiav2_stage1", "casiav2_stage2"
 
 def get_config(arg="catnet_stage1"):
   if arg not in VARIANTS:
-    raise ValueError(f"unknown variant {arg!r} of configs/paper.py; use one of: "
-                     + ", ".join(f"configs/paper.py:{v}" for v in VARIANTS))
+    raise ValueError(
+      f"unknown variant {arg!r} of configs/paper.py; use one of: "
+      + ", ".join(f"configs/paper.py:{v}" for v in VARIANTS)
+    )
   scale, stage = arg.split("_")
   c = base_config()
   c.model.hrformer = "hrt_base"

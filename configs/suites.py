@@ -8,15 +8,19 @@ Entries (see `mpc_jax/suites.py`): 'name'; 'spec' (any data spec, `{root}` = --d
 (folder names tried under the data root) with an optional 'layout' (the public release's folder layout,
 `mpc_jax.data.layouts`), 'tfds' ('NAME:SPLIT' fallback) and 'n' (the paper's image count).
 """
+
 from mpc_jax.suites import PAPER
 
 SUITES = {
-    # the paper's ten sets, in their public layouts or images/ + masks/ folders (as `--suite paper`)
-    "paper": PAPER,
-    # the same sets packed by `mpc-jax prepare NAME=layout:...:DIR --out {root}/NAME`
-    "paper_prepared": [{"name": e["name"], "spec": f"arrayrecord:{{root}}/{e['name']}", "n": e.get("n")}
-                       for e in PAPER],
-    # the two validation sets of configs/paper.py (the reference's .npy lists)
-    "catnet_val": [{"name": "CASIAv1", "spec": "data/flist/CASIAv1_920.npy", "n": 920},
-                   {"name": "DSO-1", "spec": "data/flist/DSO_100.npy", "n": 100}],
+  # the paper's ten sets, in their public layouts or images/ + masks/ folders (as `--suite paper`)
+  "paper": PAPER,
+  # the same sets packed by `mpc-jax prepare NAME=layout:...:DIR --out {root}/NAME`
+  "paper_prepared": [
+    {"name": e["name"], "spec": f"arrayrecord:{{root}}/{e['name']}", "n": e.get("n")} for e in PAPER
+  ],
+  # the two validation sets of configs/paper.py (the reference's .npy lists)
+  "catnet_val": [
+    {"name": "CASIAv1", "spec": "data/flist/CASIAv1_920.npy", "n": 920},
+    {"name": "DSO-1", "spec": "data/flist/DSO_100.npy", "n": 100},
+  ],
 }

@@ -5,6 +5,7 @@ input size the model was trained at and its last stage) and an orbax checkpoint 
 parameters, BatchNorm statistics and batch counters. `load_model` also accepts a training workdir,
 where it takes `model_best` (else `model_latest`). Paths may be relative to the current directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def resolve_model_dir(path) -> pathlib.Path:
       return candidate
   if not path.exists():
     raise FileNotFoundError(f"no mpc-jax model at {path}: that folder does not exist")
-  raise FileNotFoundError(f"no mpc-jax model in {path} (expected model_config.json there or in model_best/ or "
-                          "model_latest/); convert official weights with `mpc-jax convert WEIGHTS --out DIR`")
+  raise FileNotFoundError(
+    f"no mpc-jax model in {path} (expected model_config.json there or in model_best/ or "
+    "model_latest/); convert official weights with `mpc-jax convert WEIGHTS --out DIR`"
+  )
 
 
 def read_model_config(path) -> dict:

@@ -7,6 +7,7 @@ an explicit argument (`config.compilation_cache_dir`), `$MPC_JAX_COMPILATION_CAC
 JAX was already given, else `~/.cache/mpc_jax/jax` (under `$XDG_CACHE_HOME` where set). The
 value `off` turns the cache off.
 """
+
 from __future__ import annotations
 
 import os

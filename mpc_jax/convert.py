@@ -6,6 +6,7 @@ indices, `backbone`/`head` stand for `encoder`/`decoder`, and only the leaf name
 differ (conv `OIHW` <-> `HWIO`, linear `[out, in]` <-> `[in, out]`, BN `weight`/`running_*` <->
 `scale`/`mean`/`var`). `relative_position_index` buffers are checked against the ones we compute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,15 @@ from mpc_jax.models import build_mpc
 from mpc_jax.models.hrformer import relative_position_index
 
 _TOP = {"backbone": "encoder", "head": "decoder"}
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var", "num_batches_tracked": "num_batches_tracked",
-         "relative_position_bias_table": "relative_position_bias_table"}
+_LEAF = {
+  "kernel": "weight",
+  "scale": "weight",
+  "bias": "bias",
+  "mean": "running_mean",
+  "var": "running_var",
+  "num_batches_tracked": "num_batches_tracked",
+  "relative_position_bias_table": "relative_position_bias_table",
+}
 
 
 def _flat_state(model):
@@ -56,7 +63,7 @@ def normalize_state_dict_keys(state_dict, head="catnet"):
   """Strips `module.` prefixes (DataParallel) and adds `encoder.` to bare backbone keys."""
   sd = {}
   for k, v in state_dict.items():
-    sd[k[len("module."):] if k.startswith("module.") else k] = v
+    sd[k[len("module.") :] if k.startswith("module.") else k] = v
   if head is None and sd and not any(k.startswith(("encoder.", "decoder.")) for k in sd):
     sd = {f"encoder.{k}": v for k, v in sd.items()}
   return sd
@@ -73,15 +80,20 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
   if head is None:
     unexpected_head = sorted(k for k in sd if k.startswith("decoder."))
     if unexpected_head:
-      raise ValueError(f"head=None (backbone only) but the state dict has {len(unexpected_head)} "
-                       f"decoder keys, e.g. {unexpected_head[:3]}; convert with --head catnet or --head casiav2 "
-                       "(head='catnet' / 'casiav2' in Python)")
+      raise ValueError(
+        f"head=None (backbone only) but the state dict has {len(unexpected_head)} "
+        f"decoder keys, e.g. {unexpected_head[:3]}; convert with --head catnet or --head casiav2 "
+        "(head='catnet' / 'casiav2' in Python)"
+      )
   model = build_mpc(hrformer_config or "hrt_base", head or "catnet", dtype=dtype)
   ours = _flat_state(model)
   if head is None:
     ours = {k: v for k, v in ours.items() if not k.startswith("decoder.")}
-  index_keys = {k.rsplit(".", 1)[0] + ".relative_position_index": _window_of(var.shape)
-                for k, (_, var) in ours.items() if k.endswith("relative_position_bias_table")}
+  index_keys = {
+    k.rsplit(".", 1)[0] + ".relative_position_index": _window_of(var.shape)
+    for k, (_, var) in ours.items()
+    if k.endswith("relative_position_bias_table")
+  }
 
   missing = sorted(set(ours) - set(sd))
   unexpected = sorted(set(sd) - set(ours) - set(index_keys))
@@ -103,15 +115,19 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
       continue
     converted = _to_ours_checked(value, key, var.shape)
     if converted is None:
-      mismatched.append(f"{key}: got {tuple(value.shape)}, expected {tuple(_to_torch(np.zeros(var.shape), key).shape)}")
+      mismatched.append(
+        f"{key}: got {tuple(value.shape)}, expected {tuple(_to_torch(np.zeros(var.shape), key).shape)}"
+      )
       continue
     updates[path] = converted.astype(np.float32)
   if missing or unexpected or mismatched:
     raise ValueError(_report(missing, unexpected, mismatched) + _hint(missing, mismatched, head))
 
   flat = nnx.to_flat_state(nnx.state(model))
-  nnx.update(model, nnx.from_flat_state(
-      [(p, v.replace(jnp.asarray(updates[p])) if p in updates else v) for p, v in flat]))
+  nnx.update(
+    model,
+    nnx.from_flat_state([(p, v.replace(jnp.asarray(updates[p])) if p in updates else v) for p, v in flat]),
+  )
   model.eval()
   return model
 
@@ -130,8 +146,13 @@ def _report(missing, unexpected, mismatched, limit=20):
       return ""
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
-  return ("state dict does not match the model:" + block("missing keys", missing)
-          + block("unexpected keys", unexpected) + block("mis-shaped keys", mismatched))
+
+  return (
+    "state dict does not match the model:"
+    + block("missing keys", missing)
+    + block("unexpected keys", unexpected)
+    + block("mis-shaped keys", mismatched)
+  )
 
 
 def _hint(missing, mismatched, head) -> str:
@@ -192,7 +213,9 @@ def to_torch_state_dict(model) -> dict:
       continue
     out[key] = _to_torch(value, key)
     if key.endswith("relative_position_bias_table"):
-      out[key.rsplit(".", 1)[0] + ".relative_position_index"] = relative_position_index(_window_of(value.shape))
+      out[key.rsplit(".", 1)[0] + ".relative_position_index"] = relative_position_index(
+        _window_of(value.shape)
+      )
   return out
 
 
@@ -209,13 +232,16 @@ def load_state_dict_file(path) -> dict:
       sd = {k: data[k] for k in data.files}
   elif suffix == ".safetensors":
     from safetensors.numpy import load_file
+
     sd = load_file(str(path))
   elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
     try:
       import torch
     except ImportError as e:
-      raise ImportError(f"reading {path} needs PyTorch: pip install 'mpc-jax[torch]', or convert it "
-                        "to .npz/.safetensors elsewhere") from e
+      raise ImportError(
+        f"reading {path} needs PyTorch: pip install 'mpc-jax[torch]', or convert it "
+        "to .npz/.safetensors elsewhere"
+      ) from e
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model", "net"):
       if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
@@ -240,26 +266,39 @@ def cli_main(argv) -> int:
   parser = argparse.ArgumentParser(prog="mpc-jax convert", description=__doc__.splitlines()[0])
   parser.add_argument("input", help="official weights: .pth (needs torch), .npz or .safetensors")
   parser.add_argument("--out", required=True, help="output directory (an mpc-jax model checkpoint)")
-  parser.add_argument("--head", default="catnet", choices=["catnet", "casiav2", "none"],
-                      help="localization head of the weights; 'none' for a stage-1 backbone checkpoint")
-  parser.add_argument("--hrformer-config", default="hrt_base",
-                      help="preset name (hrt_base, hrt_small, hrt_base_win13, hrt_base_win15, hrt_tiny), a JSON "
-                           "file with the yacs layout, or a model's model_config.json (or its folder); the "
-                           "attention window sizes are taken from the weights")
-  parser.add_argument("--input-size", type=int, default=512,
-                      help="the image size the weights were trained at, recorded for eval/predict "
-                           "(512: the official ones)")
+  parser.add_argument(
+    "--head",
+    default="catnet",
+    choices=["catnet", "casiav2", "none"],
+    help="localization head of the weights; 'none' for a stage-1 backbone checkpoint",
+  )
+  parser.add_argument(
+    "--hrformer-config",
+    default="hrt_base",
+    help="preset name (hrt_base, hrt_small, hrt_base_win13, hrt_base_win15, hrt_tiny), a JSON "
+    "file with the yacs layout, or a model's model_config.json (or its folder); the "
+    "attention window sizes are taken from the weights",
+  )
+  parser.add_argument(
+    "--input-size",
+    type=int,
+    default=512,
+    help="the image size the weights were trained at, recorded for eval/predict (512: the official ones)",
+  )
   parser.add_argument("--export-npz", default=None, help="also write the round-trip export here")
   add_common_args(parser)
   args = parser.parse_args(argv)
   from mpc_jax.checkpoint import save_model
+
   head = None if args.head == "none" else args.head
   try:
     config = get_hrformer_config(hrformer_config_arg(args.hrformer_config))
     sd = load_state_dict_file(args.input)
     config, changes = windows_from_state_dict(sd, config, head)
     if changes:
-      print(f"mpc-jax convert: note: window sizes taken from the weights ({'; '.join(changes)})", file=sys.stderr)
+      print(
+        f"mpc-jax convert: note: window sizes taken from the weights ({'; '.join(changes)})", file=sys.stderr
+      )
     model = from_torch_state_dict(sd, config, head)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"mpc-jax convert: error: {e}", file=sys.stderr)
@@ -268,8 +307,11 @@ def cli_main(argv) -> int:
   save_model(model, args.out, training=training)
   print(f"converted {args.input} -> {args.out}")
   if head is None:
-    print("note: a backbone-only (stage-1) model: its head is untrained; use it as "
-          "--config.stage2.init_from, not for predictions", file=sys.stderr)
+    print(
+      "note: a backbone-only (stage-1) model: its head is untrained; use it as "
+      "--config.stage2.init_from, not for predictions",
+      file=sys.stderr,
+    )
   if args.export_npz:
     export_npz(model, args.export_npz)
     print(f"exported PyTorch-keyed arrays -> {args.export_npz}")

@@ -5,6 +5,7 @@ Each process feeds its own slice of the global batch; `global_batch` assembles t
 with `jax.make_array_from_process_local_data`, so the same code runs on one device, on several
 local devices, and on several hosts.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,15 +37,20 @@ def keep_remat_barriers_on_cpu() -> bool:
   if _KEEP_BARRIERS in flags:
     return True
   platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
-  accelerator = any(importlib.util.find_spec(m) is not None for m in (
-      "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu"))
+  accelerator = any(
+    importlib.util.find_spec(m) is not None
+    for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+  )
   if platforms.strip().lower() != "cpu" and (accelerator or platforms):
     return False
   from jax._src import xla_bridge  # no public API says whether the backends exist yet
 
   if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
-    logging.warning("remat on CPU: JAX's backends already exist, so XLA_FLAGS=%s cannot take effect "
-                    "in this process; rematerialisation will save no memory on the CPU", _KEEP_BARRIERS)
+    logging.warning(
+      "remat on CPU: JAX's backends already exist, so XLA_FLAGS=%s cannot take effect "
+      "in this process; rematerialisation will save no memory on the CPU",
+      _KEEP_BARRIERS,
+    )
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {_KEEP_BARRIERS}".strip()
   return True
@@ -107,13 +113,17 @@ def process_batch_block(global_batch_size: int, mesh) -> tuple[int, int]:
   `jax.make_array_from_process_local_data` expects it to feed). The input pipeline reads that block
   of every global batch, so any number of processes assembles the same global batches."""
   local = local_batch_size(global_batch_size, mesh)
-  rows = [(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
-          for s in batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,)).values()]
+  rows = [
+    (s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
+    for s in batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,)).values()
+  ]
   lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
   if hi - lo != local or lo % local:
-    raise ValueError(f"this process's devices hold rows [{lo}, {hi}) of the global batch of "
-                     f"{global_batch_size}, not a contiguous block of {local}: use a mesh whose "
-                     "'data' axis lists each process's devices together")
+    raise ValueError(
+      f"this process's devices hold rows [{lo}, {hi}) of the global batch of "
+      f"{global_batch_size}, not a contiguous block of {local}: use a mesh whose "
+      "'data' axis lists each process's devices together"
+    )
   return lo // local, jax.process_count()
 
 

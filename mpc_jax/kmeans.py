@@ -5,6 +5,7 @@ The reference clusters the fused, L2-normalised features of every image into two
 several restarts, the restart with the highest total similarity kept) and calls the smaller
 cluster forged. Here it is a pure, jittable JAX function with static shapes.
 """
+
 from __future__ import annotations
 
 import jax
@@ -15,8 +16,9 @@ def _normalize(x, eps=1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def kmeans_cosine(x: jax.Array, key: jax.Array, *, k: int = 2, num_init: int = 8,
-                  max_iter: int = 100, tol: float = 1e-4):
+def kmeans_cosine(
+  x: jax.Array, key: jax.Array, *, k: int = 2, num_init: int = 8, max_iter: int = 100, tol: float = 1e-4
+):
   """Clusters the rows of `x` `[N, D]` by cosine similarity.
 
   Each of `num_init` restarts picks `k` distinct rows as centres, then alternates assignment
@@ -60,8 +62,9 @@ def kmeans_cosine(x: jax.Array, key: jax.Array, *, k: int = 2, num_init: int = 8
   return labels[best], scores[best]
 
 
-def forged_cluster_mask(features: jax.Array, key: jax.Array, *, num_init: int = 8,
-                        max_iter: int = 100, tol: float = 1e-4) -> jax.Array:
+def forged_cluster_mask(
+  features: jax.Array, key: jax.Array, *, num_init: int = 8, max_iter: int = 100, tol: float = 1e-4
+) -> jax.Array:
   """Per-image two-way clustering of `features` `[B, h, w, D]` -> `[B, h, w]` float32 in {0, 1}.
 
   The smaller cluster is labelled 1 (forged), as the reference (`if sum(L) > sum(1 - L): L = 1 - L`).
@@ -69,8 +72,8 @@ def forged_cluster_mask(features: jax.Array, key: jax.Array, *, num_init: int = 
   b, h, w, d = features.shape
   keys = jax.random.split(key, b)
   labels, _ = jax.vmap(
-      lambda f, kk: kmeans_cosine(f.reshape(h * w, d), kk, k=2, num_init=num_init,
-                                  max_iter=max_iter, tol=tol))(features, keys)
+    lambda f, kk: kmeans_cosine(f.reshape(h * w, d), kk, k=2, num_init=num_init, max_iter=max_iter, tol=tol)
+  )(features, keys)
   labels = labels.astype(jnp.float32)
   ones = labels.sum(-1, keepdims=True)
   labels = jnp.where(ones > (h * w - ones), 1.0 - labels, labels)

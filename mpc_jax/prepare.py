@@ -25,6 +25,7 @@ A shard is written to a temporary file, renamed when complete, then marked done
 `--verify DIR` re-hashes every shard against the manifest. Exit status: 0 (bad files skipped are not an
 error), 1 on a failure, 2 on a usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def source_name(spec: str) -> tuple[str, str]:
       return name, rest
   s = spec.rstrip("/\\")
   if s.startswith("layout:") and s.count(":") >= 2:
-    return re.sub(r"[^\w.\-+]", "_", os.path.basename(s.split(":", 2)[2].rstrip("/\\")) or s.split(":")[1]), spec
+    return re.sub(
+      r"[^\w.\-+]", "_", os.path.basename(s.split(":", 2)[2].rstrip("/\\")) or s.split(":")[1]
+    ), spec
   if s.startswith("arrayrecord:"):
-    return re.sub(r"[^\w.\-+]", "_", os.path.basename(s[len("arrayrecord:"):].rstrip("/\\"))) or "data", spec
+    return re.sub(r"[^\w.\-+]", "_", os.path.basename(s[len("arrayrecord:") :].rstrip("/\\"))) or "data", spec
   if s.startswith(("tfds:", "synthetic:")):
     return re.sub(r"[^\w.\-+]", "_", s), spec
   if ":" in s and not os.path.exists(s):
@@ -81,7 +84,9 @@ def _authentic_folder(spec: str):
   files = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
   if not files:
     return None
-  return PairSource([(os.path.join(d, f), None) for f in files], on_bad_example="skip", check_files="none", name=path)
+  return PairSource(
+    [(os.path.join(d, f), None) for f in files], on_bad_example="skip", check_files="none", name=path
+  )
 
 
 def _source_root(spec: str, source) -> str | None:
@@ -140,8 +145,11 @@ def _write_shard(task: dict) -> dict:
         bad.append({"path": e.path, "reason": e.reason})
         print(f"mpc-jax prepare: skipped bad file {e}", file=sys.stderr, flush=True)
       else:
-        writer.write(encode_record(ex["image_bytes"], ex["mask_bytes"], _relative(ex["path"], task["root"]),
-                                   task["name"]))
+        writer.write(
+          encode_record(
+            ex["image_bytes"], ex["mask_bytes"], _relative(ex["path"], task["root"]), task["name"]
+          )
+        )
         n += 1
         forged += bool(len(ex["mask_bytes"]))
         image_bytes += len(ex["image_bytes"])
@@ -157,9 +165,17 @@ def _write_shard(task: dict) -> dict:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   os.replace(tmp, final)
-  marker = {"file": os.path.basename(final), "records": n, "forged": forged, "authentic": n - forged,
-            "bytes": os.path.getsize(final), "image_bytes": image_bytes, "sha256": h.hexdigest(),
-            "examples": [task["start"], task["end"]], "bad": bad}
+  marker = {
+    "file": os.path.basename(final),
+    "records": n,
+    "forged": forged,
+    "authentic": n - forged,
+    "bytes": os.path.getsize(final),
+    "image_bytes": image_bytes,
+    "sha256": h.hexdigest(),
+    "examples": [task["start"], task["end"]],
+    "bad": bad,
+  }
   with open(final + ".done.json.tmp", "w", encoding="utf-8") as f:
     json.dump(marker, f)
   os.replace(final + ".done.json.tmp", final + ".done.json")
@@ -190,8 +206,11 @@ class _Progress:
     rate = (done - self.start_done) / max(now - self.t0, 1e-9)
     left = self.total - done
     eta = str(datetime.timedelta(seconds=int(left / rate))) if rate > 0 else "?"
-    print(f"mpc-jax prepare: {done}/{self.total} examples ({bad} bad), {rate:.1f} records/s, ETA {eta}",
-          file=sys.stderr, flush=True)
+    print(
+      f"mpc-jax prepare: {done}/{self.total} examples ({bad} bad), {rate:.1f} records/s, ETA {eta}",
+      file=sys.stderr,
+      flush=True,
+    )
 
 
 def _plan(named, sources, roots, shard_size: int) -> dict:
@@ -202,9 +221,17 @@ def _plan(named, sources, roots, shard_size: int) -> dict:
     h = hashlib.sha256()
     for p in getattr(src, "pairs", None) or []:
       h.update(f"{p[0]}\t{p[1]}\n".encode())
-    plan["sources"].append({"name": name, "spec": spec, "root": root, "examples": n, "num_shards": num,
-                            "listing_sha256": h.hexdigest(),
-                            "shards": [[k * n // num, (k + 1) * n // num] for k in range(num)]})
+    plan["sources"].append(
+      {
+        "name": name,
+        "spec": spec,
+        "root": root,
+        "examples": n,
+        "num_shards": num,
+        "listing_sha256": h.hexdigest(),
+        "shards": [[k * n // num, (k + 1) * n // num] for k in range(num)],
+      }
+    )
   return plan
 
 
@@ -218,8 +245,16 @@ def _clear(out_dir: str) -> None:
       os.remove(os.path.join(out_dir, f))
 
 
-def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: int | None = None,
-            missing_mask: str = "authentic", overwrite: bool = False, progress: bool = True) -> dict:
+def prepare(
+  specs: Sequence[str],
+  out_dir,
+  *,
+  shard_size: int = 1024,
+  workers: int | None = None,
+  missing_mask: str = "authentic",
+  overwrite: bool = False,
+  progress: bool = True,
+) -> dict:
   """Pack `specs` into ArrayRecord shards under `out_dir`; returns the manifest (see the module doc).
 
   `workers`: processes writing shards in parallel (None: up to 8, one per CPU core; <= 1: this process).
@@ -255,13 +290,16 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
       old = json.load(f)
     if old != plan:
       if not overwrite:
-        raise ValueError(f"{out_dir} holds shards of other inputs (a different spec, file list or shard size): "
-                         "use another --out or --overwrite")
+        raise ValueError(
+          f"{out_dir} holds shards of other inputs (a different spec, file list or shard size): "
+          "use another --out or --overwrite"
+        )
       _clear(out_dir)
   elif any(f != ".DS_Store" for f in os.listdir(out_dir)):
     if not overwrite:
-      raise ValueError(f"{out_dir} is not empty and not a `mpc-jax prepare` folder: use an empty folder or "
-                       "--overwrite")
+      raise ValueError(
+        f"{out_dir} is not empty and not a `mpc-jax prepare` folder: use an empty folder or --overwrite"
+      )
     _clear(out_dir)
   with open(plan_path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(plan, f, indent=1)
@@ -278,13 +316,17 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
       for stale in (path + ".tmp", path + ".done.json", path):
         if os.path.exists(stale):
           os.remove(stale)
-      tasks.append({"source_index": si, "name": ps["name"], "root": ps["root"], "start": start, "end": end,
-                    "path": path})
+      tasks.append(
+        {"source_index": si, "name": ps["name"], "root": ps["root"], "start": start, "end": end, "path": path}
+      )
   total = sum(ps["examples"] for ps in plan["sources"])
   done_before = sum(m["examples"][1] - m["examples"][0] for m in markers.values())
   if markers and progress:
-    print(f"mpc-jax prepare: resuming: {len(markers)} shard(s) ({done_before} examples) already done, "
-          f"{len(tasks)} to write", file=sys.stderr)
+    print(
+      f"mpc-jax prepare: resuming: {len(markers)} shard(s) ({done_before} examples) already done, "
+      f"{len(tasks)} to write",
+      file=sys.stderr,
+    )
   bar = _Progress(total, done_before, progress)
   bad_now = sum(len(m["bad"]) for m in markers.values())
   if workers is None:
@@ -304,14 +346,16 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
   else:
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("q", 0)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(sources, counter)) as ex:
+    with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=ctx, initializer=_init_worker, initargs=(sources, counter)
+    ) as ex:
       futs = {ex.submit(_write_shard, t): t for t in tasks}
       pending = set(futs)
       try:
         while pending:
-          finished, pending = concurrent.futures.wait(pending, timeout=1.0,
-                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+          finished, pending = concurrent.futures.wait(
+            pending, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
+          )
           for fu in finished:
             m = fu.result()
             markers[futs[fu]["path"]] = m
@@ -331,11 +375,16 @@ def prepare(specs: Sequence[str], out_dir, *, shard_size: int = 1024, workers: i
 
 
 def _manifest(plan, out_dir, markers, listing_bad, no_mask, missing_mask) -> dict:
-  man = {"format": FORMAT, "version": VERSION,
-         "record_format": "msgpack map: image (bytes: the original file), mask (bytes: binary PNG 0/255, "
-                          "empty = authentic), path (str: relative to the source's root), source (str)",
-         "writer_options": WRITER_OPTIONS, "created": datetime.datetime.now().isoformat(timespec="seconds"),
-         "shard_size": plan["shard_size"], "sources": []}
+  man = {
+    "format": FORMAT,
+    "version": VERSION,
+    "record_format": "msgpack map: image (bytes: the original file), mask (bytes: binary PNG 0/255, "
+    "empty = authentic), path (str: relative to the source's root), source (str)",
+    "writer_options": WRITER_OPTIONS,
+    "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    "shard_size": plan["shard_size"],
+    "sources": [],
+  }
   lines = []
   for ps, lbad, nm in zip(plan["sources"], listing_bad, no_mask):
     shards = []
@@ -346,14 +395,23 @@ def _manifest(plan, out_dir, markers, listing_bad, no_mask, missing_mask) -> dic
     bad = lbad + [b for m in shards for b in m["bad"]]
     bad_paths = {b["path"] for b in bad}
     nm = sum(path not in bad_paths for path in nm)  # packed as authentic (bad ones were skipped)
-    man["sources"].append({
-        "name": ps["name"], "spec": ps["spec"], "root": ps["root"],
-        "records": sum(m["records"] for m in shards), "forged": sum(m["forged"] for m in shards),
-        "authentic": sum(m["authentic"] for m in shards), "bad": len(bad),
-        "images_without_mask": nm, "missing_mask": missing_mask,
-        "bytes": sum(m["bytes"] for m in shards), "image_bytes": sum(m["image_bytes"] for m in shards),
+    man["sources"].append(
+      {
+        "name": ps["name"],
+        "spec": ps["spec"],
+        "root": ps["root"],
+        "records": sum(m["records"] for m in shards),
+        "forged": sum(m["forged"] for m in shards),
+        "authentic": sum(m["authentic"] for m in shards),
+        "bad": len(bad),
+        "images_without_mask": nm,
+        "missing_mask": missing_mask,
+        "bytes": sum(m["bytes"] for m in shards),
+        "image_bytes": sum(m["image_bytes"] for m in shards),
         "shards": [{k: m[k] for k in ("file", "records", "bytes", "sha256")} for m in shards],
-        "bad_files": bad})
+        "bad_files": bad,
+      }
+    )
   for key in ("records", "forged", "authentic", "bad", "bytes", "image_bytes"):
     man[key] = sum(s[key] for s in man["sources"])
   man["num_shards"] = len(lines)
@@ -391,14 +449,21 @@ def verify(directory) -> list[str]:
 
 
 def summary(man: dict, out_dir: str, max_bad: int = 50) -> str:
-  lines = [f"packed {man['records']} records ({man['forged']} forged, {man['authentic']} authentic) from "
-           f"{len(man['sources'])} source(s) into {man['num_shards']} shard(s), {man['bytes'] / 2**20:.1f} MiB, "
-           f"in {man.get('seconds', 0):.1f} s -> {out_dir}"]
+  lines = [
+    f"packed {man['records']} records ({man['forged']} forged, {man['authentic']} authentic) from "
+    f"{len(man['sources'])} source(s) into {man['num_shards']} shard(s), {man['bytes'] / 2**20:.1f} MiB, "
+    f"in {man.get('seconds', 0):.1f} s -> {out_dir}"
+  ]
   for s in man["sources"]:
-    extra = (f", {s['images_without_mask']} image(s) without a mask packed as authentic"
-             if s["images_without_mask"] and s["missing_mask"] == "authentic" else "")
-    lines.append(f"  {s['name']}: {s['records']} records, {s['bad']} bad file(s) skipped{extra}"
-                 f"  (spec {s['spec']}; read with arrayrecord:{out_dir}:{s['name']})")
+    extra = (
+      f", {s['images_without_mask']} image(s) without a mask packed as authentic"
+      if s["images_without_mask"] and s["missing_mask"] == "authentic"
+      else ""
+    )
+    lines.append(
+      f"  {s['name']}: {s['records']} records, {s['bad']} bad file(s) skipped{extra}"
+      f"  (spec {s['spec']}; read with arrayrecord:{out_dir}:{s['name']})"
+    )
   bad = [(s["name"], b) for s in man["sources"] for b in s["bad_files"]]
   if bad:
     lines.append(f"{len(bad)} bad file(s) skipped (all listed in {MANIFEST}, 'bad_files'):")
@@ -415,17 +480,30 @@ def summary(man: dict, out_dir: str, max_bad: int = 50) -> str:
 def cli_main(argv: Sequence[str] | None = None) -> int:
   from mpc_jax.main import UsageError, add_common_args
 
-  p = argparse.ArgumentParser(prog="mpc-jax prepare", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+  p = argparse.ArgumentParser(
+    prog="mpc-jax prepare",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+  )
   p.add_argument("specs", nargs="*", metavar="SPEC", help="data sources to pack ([NAME=]SPEC)")
-  p.add_argument("--data", nargs="+", action="extend", default=[], metavar="SPEC", help="more sources (as SPEC)")
+  p.add_argument(
+    "--data", nargs="+", action="extend", default=[], metavar="SPEC", help="more sources (as SPEC)"
+  )
   p.add_argument("--out", "--output", "-o", dest="out", help="output folder (created; a rerun resumes)")
   p.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default 1024)")
-  p.add_argument("--workers", type=int, default=None,
-                 help="processes writing shards (default: one per core, up to 8; 1 = this process)")
-  p.add_argument("--missing-mask", choices=("authentic", "bad"), default="authentic",
-                 help="folders: an image without a mask is authentic (default) or a bad example")
+  p.add_argument(
+    "--workers",
+    type=int,
+    default=None,
+    help="processes writing shards (default: one per core, up to 8; 1 = this process)",
+  )
+  p.add_argument(
+    "--missing-mask",
+    choices=("authentic", "bad"),
+    default="authentic",
+    help="folders: an image without a mask is authentic (default) or a bad example",
+  )
   p.add_argument("--overwrite", action="store_true", help="replace the shards of other inputs in --out")
   p.add_argument("--verify", metavar="DIR", help="check the shards of a prepared folder against its manifest")
   p.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -436,8 +514,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     for line in problems:
       print(f"mpc-jax prepare: {line}", file=sys.stderr)
     man = load_manifest(args.verify)
-    print(f"{args.verify}: {man['records']} records in {man['num_shards']} shard(s): "
-          + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    print(
+      f"{args.verify}: {man['records']} records in {man['num_shards']} shard(s): "
+      + ("OK" if not problems else f"{len(problems)} problem(s)")
+    )
     return 1 if problems else 0
   specs = list(args.specs) + list(args.data)
   if not specs:
@@ -448,8 +528,15 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     raise UsageError(f"--shard-size must be > 0, got {args.shard_size}")
   if args.workers is not None and args.workers < 0:
     raise UsageError(f"--workers must be >= 0, got {args.workers}")
-  man = prepare(specs, args.out, shard_size=args.shard_size, workers=args.workers, missing_mask=args.missing_mask,
-                overwrite=args.overwrite, progress=not args.no_progress)
+  man = prepare(
+    specs,
+    args.out,
+    shard_size=args.shard_size,
+    workers=args.workers,
+    missing_mask=args.missing_mask,
+    overwrite=args.overwrite,
+    progress=not args.no_progress,
+  )
   print(summary(man, os.path.abspath(args.out)))
   return 0
 

@@ -3,6 +3,7 @@
 Both keep their whole state in a small dict of Python numbers, so it goes into the checkpoint's
 JSON item and a resumed run continues the schedule exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,17 @@ class ReduceOnPlateau:
   `min_lr`.
   """
 
-  def __init__(self, lr: float, *, mode: str = "max", factor: float = 0.5, patience: int = 3,
-               min_lr: float = 1e-8, threshold: float = 1e-4, eps: float = 1e-8):
+  def __init__(
+    self,
+    lr: float,
+    *,
+    mode: str = "max",
+    factor: float = 0.5,
+    patience: int = 3,
+    min_lr: float = 1e-8,
+    threshold: float = 1e-4,
+    eps: float = 1e-8,
+  ):
     if mode not in ("max", "min"):
       raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     self.mode, self.factor, self.patience = mode, factor, patience
@@ -75,8 +85,9 @@ class CosineAnnealing:
   def step(self, score: float | None = None) -> float:
     del score
     t = self.state["num_steps"] = self.state["num_steps"] + 1
-    self.state["lr"] = self.min_lr + (self.base_lr - self.min_lr) * (
-        1.0 + math.cos(math.pi * t / self.t_max)) / 2.0
+    self.state["lr"] = (
+      self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t / self.t_max)) / 2.0
+    )
     return self.state["lr"]
 
   def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Each step is jitted once with the state replicated and the batch sharded on the 
 XLA inserts the collectives (BatchNorm statistics and the loss are those of the global batch,
 gradients are all-reduced). `make_step(stage, ...)` is the default step factory of the loop.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,9 +40,11 @@ def _features_fn(parts: Parts):
   """Jitted `(flat params, frozen, rest, images [B, H, W, 3]) -> (four L2-normalised maps
   `[B, h_s, w_s, C]` float32, new rest)`. The stage-1 step calls it once per view: as an inner jit
   the backbone is traced once, not twice."""
+
   def fn(params, frozen, rest, images):
     model = nnx.merge(parts.graphdef_train, parts.unflatten(params), frozen, rest, copy=True)
     return [l2_normalize(f.astype(jnp.float32)) for f in model.features(images)], _split_rest(model)
+
   return jax.jit(fn)
 
 
@@ -50,8 +53,9 @@ def make_stage1_step(parts: Parts, config, mesh):
   lcfg = config.stage1.loss
   loss_key = jax.random.key(rng_seeds(config)["loss"])
   features = _features_fn(parts)
-  kw = dict(num_samples=int(lcfg.num_samples), temperature=float(lcfg.temperature),
-            chunk_size=int(lcfg.chunk_size))
+  kw = dict(
+    num_samples=int(lcfg.num_samples), temperature=float(lcfg.temperature), chunk_size=int(lcfg.chunk_size)
+  )
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(loss_key, state.step)
@@ -63,8 +67,15 @@ def make_stage1_step(parts: Parts, config, mesh):
       fb, rest = features(params, state.frozen, rest, batch.get("image_view2", batch["image"]))
       if lcfg.negatives == "global":
         loss = multiview_pixel_contrast_sharded(
-            fa, fb, batch["mask"], key=key, mesh=mesh, negatives="global",
-            bank_per_image=int(lcfg.bank_per_image), **kw)
+          fa,
+          fb,
+          batch["mask"],
+          key=key,
+          mesh=mesh,
+          negatives="global",
+          bank_per_image=int(lcfg.bank_per_image),
+          **kw,
+        )
       else:
         loss = multiview_pixel_contrast(fa, fb, batch["mask"], key=key, negatives=lcfg.negatives, **kw)
       return loss["total"], (loss, rest)
@@ -83,8 +94,9 @@ def make_stage2_step(parts: Parts, config, mesh):
     def loss_fn(params):
       model = nnx.merge(parts.graphdef_train, parts.unflatten(params), state.frozen, state.rest, copy=True)
       logits = model(batch["image"])
-      loss = sigmoid_focal_loss(logits.astype(jnp.float32), batch["mask"],
-                                alpha=float(fcfg.alpha), gamma=float(fcfg.gamma))
+      loss = sigmoid_focal_loss(
+        logits.astype(jnp.float32), batch["mask"], alpha=float(fcfg.alpha), gamma=float(fcfg.gamma)
+      )
       return loss, _split_rest(model)
 
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -109,8 +121,9 @@ def _apply(parts, state, grads, rest, metrics):
 
 def _jit_step(step, mesh):
   rep = distributed.replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, distributed.batch_sharding(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
+  return jax.jit(
+    step, in_shardings=(rep, distributed.batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=(0,)
+  )
 
 
 def make_predict_fn(parts: Parts, config, stage: str, mesh):
@@ -124,10 +137,13 @@ def make_predict_fn(parts: Parts, config, stage: str, mesh):
     def predict(state, images):
       model = merge_model(parts, state, train=False)
       feats = [l2_normalize(f.astype(jnp.float32)) for f in model.features(images)]
-      return forged_cluster_mask(model.fuse(feats), key, num_init=int(kcfg.num_init),
-                                 max_iter=int(kcfg.max_iter), tol=float(kcfg.tol))
+      return forged_cluster_mask(
+        model.fuse(feats), key, num_init=int(kcfg.num_init), max_iter=int(kcfg.max_iter), tol=float(kcfg.tol)
+      )
   else:
+
     def predict(state, images):
       model = merge_model(parts, state, train=False)
       return jax.nn.sigmoid(model(images).astype(jnp.float32))[..., 0]
+
   return jax.jit(predict, in_shardings=(rep, bat), out_shardings=bat)

@@ -14,6 +14,7 @@ A suite is a list of entries (dicts):
 A folder holding `manifest.json` is read as `arrayrecord:`. A user file defines `SUITES = {name: [...]}`
 (or `get_suite(name)`); see `configs/suites.py`. Sets not found are named in a footnote, not an error.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,24 +29,65 @@ __all__ = ["PAPER", "SUITES", "load_suite", "resolve_suite", "suite_rows", "suit
 
 # The paper's ten test sets (Table: pixel-level F1 / IoU, threshold 0.5, manipulated images only).
 PAPER = [
-    {"name": "Columbia", "layout": "columbia", "dirs": ("Columbia", "Columbia_uncompressed", "4cam_splc"),
-     "tfds": "columbia:test", "n": 160},
-    {"name": "DSO-1", "layout": "dso1", "dirs": ("DSO-1", "DSO", "tifs-database"), "tfds": "dso1:test", "n": 100},
-    {"name": "CASIAv1", "layout": "casia_v1", "dirs": ("CASIAv1", "CASIA1", "CASIA 1.0", "CASIA 1.0 dataset"),
-     "tfds": "casia_v1:test", "n": 920},
-    {"name": "NIST16", "layout": "nist16", "dirs": ("NIST16", "NIST2016", "NC2016_Test0613", "NIST"),
-     "tfds": "nist16:test", "n": 564},
-    {"name": "Coverage", "layout": "coverage", "dirs": ("Coverage", "COVERAGE"), "tfds": "coverage:test", "n": 100},
-    {"name": "Korus", "layout": "korus",
-     "dirs": ("Korus", "realistic-tampering-dataset", "realistic-tampering", "RealisticTampering"),
-     "tfds": "korus:test", "n": 220},
-    {"name": "In-the-Wild", "layout": "in_the_wild", "dirs": ("In-the-Wild", "Wild", "label_in_wild"),
-     "tfds": "in_the_wild:test", "n": 201},
-    {"name": "CoCoGlide", "layout": "cocoglide", "dirs": ("CoCoGlide", "Glide"), "tfds": "cocoglide:test",
-     "n": 512},
-    {"name": "MISD", "layout": "misd", "dirs": ("MISD",), "tfds": "misd:test", "n": 227},
-    # FF++ needs frames extracted from its videos (see mpc_jax.data.layouts): an images/ + masks/ folder.
-    {"name": "FF++", "dirs": ("FF++", "FFpp", "FaceForensics++", "FaceForensics"), "n": None},
+  {
+    "name": "Columbia",
+    "layout": "columbia",
+    "dirs": ("Columbia", "Columbia_uncompressed", "4cam_splc"),
+    "tfds": "columbia:test",
+    "n": 160,
+  },
+  {
+    "name": "DSO-1",
+    "layout": "dso1",
+    "dirs": ("DSO-1", "DSO", "tifs-database"),
+    "tfds": "dso1:test",
+    "n": 100,
+  },
+  {
+    "name": "CASIAv1",
+    "layout": "casia_v1",
+    "dirs": ("CASIAv1", "CASIA1", "CASIA 1.0", "CASIA 1.0 dataset"),
+    "tfds": "casia_v1:test",
+    "n": 920,
+  },
+  {
+    "name": "NIST16",
+    "layout": "nist16",
+    "dirs": ("NIST16", "NIST2016", "NC2016_Test0613", "NIST"),
+    "tfds": "nist16:test",
+    "n": 564,
+  },
+  {
+    "name": "Coverage",
+    "layout": "coverage",
+    "dirs": ("Coverage", "COVERAGE"),
+    "tfds": "coverage:test",
+    "n": 100,
+  },
+  {
+    "name": "Korus",
+    "layout": "korus",
+    "dirs": ("Korus", "realistic-tampering-dataset", "realistic-tampering", "RealisticTampering"),
+    "tfds": "korus:test",
+    "n": 220,
+  },
+  {
+    "name": "In-the-Wild",
+    "layout": "in_the_wild",
+    "dirs": ("In-the-Wild", "Wild", "label_in_wild"),
+    "tfds": "in_the_wild:test",
+    "n": 201,
+  },
+  {
+    "name": "CoCoGlide",
+    "layout": "cocoglide",
+    "dirs": ("CoCoGlide", "Glide"),
+    "tfds": "cocoglide:test",
+    "n": 512,
+  },
+  {"name": "MISD", "layout": "misd", "dirs": ("MISD",), "tfds": "misd:test", "n": 227},
+  # FF++ needs frames extracted from its videos (see mpc_jax.data.layouts): an images/ + masks/ folder.
+  {"name": "FF++", "dirs": ("FF++", "FFpp", "FaceForensics++", "FaceForensics"), "n": None},
 ]
 SUITES = {"paper": PAPER}
 
@@ -99,8 +141,14 @@ def _find_alias(root: str, name: str) -> str | None:
     return None
   path = find_dir(root, name)
   if path is None and "/" not in name:
-    path = next((os.path.join(root, f) for f in sorted(os.listdir(root))
-                 if _norm(f) == _norm(name) and os.path.isdir(os.path.join(root, f))), None)
+    path = next(
+      (
+        os.path.join(root, f)
+        for f in sorted(os.listdir(root))
+        if _norm(f) == _norm(name) and os.path.isdir(os.path.join(root, f))
+      ),
+      None,
+    )
   return path
 
 
@@ -161,13 +209,28 @@ def suite_rows(results: Sequence[dict], entries: Sequence[dict]) -> list[dict]:
     if r.get("perturbation", "none") != "none":
       continue
     if "error" in r:
-      rows.append({"dataset": r["dataset"], "spec": r.get("spec", ""), "n_paper": paper_n.get(r["dataset"]),
-                   "error": r["error"]})
+      rows.append(
+        {
+          "dataset": r["dataset"],
+          "spec": r.get("spec", ""),
+          "n_paper": paper_n.get(r["dataset"]),
+          "error": r["error"],
+        }
+      )
       continue
     s = r["summary"]
-    rows.append({"dataset": r["dataset"], "spec": r.get("spec", ""), "n_paper": paper_n.get(r["dataset"]),
-                 "n_images": s["all"]["n_images"], "n_forged": s["forged"]["n_images"], "n_failed": r["n_failed"],
-                 "f1": s["forged"]["f1"], "iou": s["forged"]["iou"]})
+    rows.append(
+      {
+        "dataset": r["dataset"],
+        "spec": r.get("spec", ""),
+        "n_paper": paper_n.get(r["dataset"]),
+        "n_images": s["all"]["n_images"],
+        "n_forged": s["forged"]["n_images"],
+        "n_failed": r["n_failed"],
+        "f1": s["forged"]["f1"],
+        "iou": s["forged"]["iou"],
+      }
+    )
   return rows
 
 
@@ -184,16 +247,26 @@ def suite_markdown(name: str, rows: Sequence[dict], missing: Sequence[tuple[str,
   """The paper-style table: sets as columns, F1 / IoU rows, the mean over the evaluated sets."""
   ok = [r for r in rows if "error" not in r]
   cols = [r["dataset"] + ("*" if r["n_paper"] and r["n_forged"] != r["n_paper"] else "") for r in ok]
-  lines = [f"## suite {name}", "", "| | " + " | ".join(cols) + " | Mean |", "|---|" + "---|" * (len(cols) + 1)]
+  lines = [
+    f"## suite {name}",
+    "",
+    "| | " + " | ".join(cols) + " | Mean |",
+    "|---|" + "---|" * (len(cols) + 1),
+  ]
   for key, label in (("f1", "F1"), ("iou", "IoU")):
     lines.append(f"| {label} | " + " | ".join(_f(r[key]) for r in ok) + f" | {_f(_mean(ok, key))} |")
   lines.append("| images | " + " | ".join(str(r["n_forged"]) for r in ok) + " | |")
-  notes = [f"F1 / IoU: mean over manipulated images of per-image pixel scores at threshold 0.5; Mean: over the "
-           f"{len(ok)} set(s) evaluated."]
+  notes = [
+    f"F1 / IoU: mean over manipulated images of per-image pixel scores at threshold 0.5; Mean: over the "
+    f"{len(ok)} set(s) evaluated."
+  ]
   if any(c.endswith("*") for c in cols):
     diff = [r for r in ok if r["n_paper"] and r["n_forged"] != r["n_paper"]]
-    notes.append("*: image count differs from the paper's list ("
-                 + ", ".join(f"{r['dataset']} {r['n_forged']} vs {r['n_paper']}" for r in diff) + ").")
+    notes.append(
+      "*: image count differs from the paper's list ("
+      + ", ".join(f"{r['dataset']} {r['n_forged']} vs {r['n_paper']}" for r in diff)
+      + ")."
+    )
   for r in rows:
     if "error" in r:
       notes.append(f"{r['dataset']}: failed: {r['error']}")
@@ -202,8 +275,9 @@ def suite_markdown(name: str, rows: Sequence[dict], missing: Sequence[tuple[str,
   return "\n".join(lines) + "\n\n" + "\n".join(f"{i + 1}. {n}" for i, n in enumerate(notes)) + "\n"
 
 
-def write_suite(name: str, rows: Sequence[dict], missing: Sequence[tuple[str, str]], out_dir: str,
-                meta: dict | None = None) -> dict[str, str]:
+def write_suite(
+  name: str, rows: Sequence[dict], missing: Sequence[tuple[str, str]], out_dir: str, meta: dict | None = None
+) -> dict[str, str]:
   """Writes suite_<name>.md / .json / .csv under `out_dir`; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {k: os.path.join(out_dir, f"suite_{name}.{k}") for k in ("md", "json", "csv")}
@@ -213,9 +287,17 @@ def write_suite(name: str, rows: Sequence[dict], missing: Sequence[tuple[str, st
   mean = {"f1": _mean(ok, "f1"), "iou": _mean(ok, "iou"), "num_sets": len(ok)}
   clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
   with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump({"suite": name, "meta": meta or {}, "rows": [{k: clean(v) for k, v in r.items()} for r in rows],
-               "mean": {k: clean(v) for k, v in mean.items()},
-               "missing": [{"dataset": n, "why": w} for n, w in missing]}, f, indent=1)
+    json.dump(
+      {
+        "suite": name,
+        "meta": meta or {},
+        "rows": [{k: clean(v) for k, v in r.items()} for r in rows],
+        "mean": {k: clean(v) for k, v in mean.items()},
+        "missing": [{"dataset": n, "why": w} for n, w in missing],
+      },
+      f,
+      indent=1,
+    )
   keys = ["dataset", "n_paper", "n_images", "n_forged", "n_failed", "f1", "iou", "spec", "error"]
   with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)

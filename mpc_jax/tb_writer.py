@@ -7,6 +7,7 @@ written with the `tensorboard` package's event-file writer and protos) under tha
 `create_default_writer` here does both steps.
 With TensorFlow installed, clu's own writer is used and this module does nothing.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,10 +59,14 @@ class SummaryWriter:
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
         h, w = img.shape[:2]
-        values.append(summary_pb2.Summary.Value(
+        values.append(
+          summary_pb2.Summary.Value(
             tag=f"{tag}/image/{i}" if len(batch) > 1 else tag,
-            image=summary_pb2.Summary.Image(height=h, width=w, colorspace=img.ndim == 3 and 3 or 1,
-                                            encoded_image_string=buf.getvalue())))
+            image=summary_pb2.Summary.Image(
+              height=h, width=w, colorspace=img.ndim == 3 and 3 or 1, encoded_image_string=buf.getvalue()
+            ),
+          )
+        )
     self._add(step, values)
 
   def write_videos(self, step, videos):
@@ -75,9 +80,12 @@ class SummaryWriter:
 
     values = []
     for tag, text in texts.items():
-      tensor = tensor_pb2.TensorProto(dtype=7, string_val=[str(text).encode()],
-                                      tensor_shape=tensor_shape_pb2.TensorShapeProto())
-      meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+      tensor = tensor_pb2.TensorProto(
+        dtype=7, string_val=[str(text).encode()], tensor_shape=tensor_shape_pb2.TensorShapeProto()
+      )
+      meta = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")
+      )
       values.append(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor))
     self._add(step, values)
 

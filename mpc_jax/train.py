@@ -13,6 +13,7 @@ The steps are in `mpc_jax.steps`, the train state and its checkpoints in `mpc_ja
 A restart resumes from the latest checkpoint; SIGTERM saves and stops. Model exports for
 `mpc-jax eval/predict`: `model_best` / `model_latest` (see `train_config.export_dir`).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,15 @@ log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
 # The units of the result file's fields (`<source>/...`: per validation source).
-RESULT_UNITS = {"wall_s": "s", "f1": "fraction (pixel F1 at threshold 0.5, mean over forged images)",
-                "iou": "fraction (pixel IoU, the same protocol)", "score": "fraction (mean of F1s and IoUs)",
-                "<source>/f1, <source>/iou": "fraction", "<source>/f1_all, <source>/iou_all": "fraction (mean over all images)",
-                "<source>/num": "images"}
+RESULT_UNITS = {
+  "wall_s": "s",
+  "f1": "fraction (pixel F1 at threshold 0.5, mean over forged images)",
+  "iou": "fraction (pixel IoU, the same protocol)",
+  "score": "fraction (mean of F1s and IoUs)",
+  "<source>/f1, <source>/iou": "fraction",
+  "<source>/f1_all, <source>/iou_all": "fraction (mean over all images)",
+  "<source>/num": "images",
+}
 
 
 class Preempted(Exception):
@@ -54,8 +60,15 @@ def build_model(config):
   m = config.model
   hrformer = json.loads(m.hrformer_json) if m.hrformer_json else m.hrformer
   dpr = float(m.drop_path_rate)
-  return build_mpc(hrformer, m.head, dtype=m.dtype, seed=steps.rng_seeds(config)["model"],
-                   drop_path_rate=None if dpr < 0 else dpr, remat=bool(m.remat), depthwise=m.depthwise)
+  return build_mpc(
+    hrformer,
+    m.head,
+    dtype=m.dtype,
+    seed=steps.rng_seeds(config)["model"],
+    drop_path_rate=None if dpr < 0 else dpr,
+    remat=bool(m.remat),
+    depthwise=m.depthwise,
+  )
 
 
 def load_matching(model, path: str, skip: str = "") -> dict:
@@ -80,16 +93,23 @@ def load_matching(model, path: str, skip: str = "") -> dict:
       var.set_value(np.asarray(src_flat[name][...], dtype=np.asarray(var[...]).dtype))
       loaded += 1
   nnx.update(model, dst)
-  log.info("loaded %d arrays from %s (%d missing, %d mismatched shape)", loaded, path, len(missing),
-           len(mismatched))
+  log.info(
+    "loaded %d arrays from %s (%d missing, %d mismatched shape)", loaded, path, len(missing), len(mismatched)
+  )
   if missing:
     log.info("not in %s: %s%s", path, missing[:8], " ..." if len(missing) > 8 else "")
   return {"loaded": loaded, "missing": missing, "mismatched": mismatched}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, build_model: Callable = build_model,
-                       writer=None, make_step: Callable = steps.make_step,
-                       on_step: Callable | None = None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir,
+  *,
+  build_model: Callable = build_model,
+  writer=None,
+  make_step: Callable = steps.make_step,
+  on_step: Callable | None = None,
+) -> dict:
   """Runs `config.stages` in order in `workdir`, then evaluates the final model on
   `config.data.val_sources` (the held-out set) and writes `workdir/<config.result_file>`: the final
   metrics (`f1`, `iou`, ...), `wall_s` (seconds from model building to the end of the final
@@ -157,8 +177,16 @@ def _init_stage(config, index: int, workdir: pathlib.Path, model) -> None:
     raise FileNotFoundError(f"config.{stage}.init_from: {init} does not exist")
 
 
-def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer,
-                make_step: Callable = steps.make_step, on_step: Callable | None = None) -> dict:
+def train_stage(
+  config,
+  stage: str,
+  workdir: pathlib.Path,
+  model,
+  mesh,
+  writer,
+  make_step: Callable = steps.make_step,
+  on_step: Callable | None = None,
+) -> dict:
   """Trains one stage to `config.<stage>.num_steps`, resuming from its checkpoints, and leaves the
   trained values in `model`; returns the last validation metrics (empty when nothing ran)."""
   scfg = config[stage]
@@ -198,8 +226,9 @@ def train_stage(config, stage: str, workdir: pathlib.Path, model, mesh, writer,
       on_step(stage, step, metrics)
     preempted = guard.should_stop()
     if score is not None or step % int(scfg.checkpoint_every) == 0 or step == num_steps or preempted:
-      ts.save_checkpoint(mngr, state, data_it, meta, force=True,
-                         metrics=None if score is None else {"score": score})
+      ts.save_checkpoint(
+        mngr, state, data_it, meta, force=True, metrics=None if score is None else {"score": score}
+      )
   mngr.wait_until_finished()
   mngr.close()
   guard.restore()
@@ -226,8 +255,14 @@ class _Progress:
     if start >= self.num_steps:
       log.info("%s: already at step %d of %d", stage, start, self.num_steps)
     else:
-      log.info("%s: training steps %d..%d, global batch %d on %d devices", stage, start, self.num_steps,
-               self.batch_size, num_devices)
+      log.info(
+        "%s: training steps %d..%d, global batch %d on %d devices",
+        stage,
+        start,
+        self.num_steps,
+        self.batch_size,
+        num_devices,
+      )
 
   def restart_clock(self):
     self.t, self.t_step = time.time(), None
@@ -239,16 +274,20 @@ class _Progress:
       self.t_step = step - 1
     if step % self.every and step != self.num_steps:
       return
-    mean = jax.tree.map(lambda *xs: float(np.mean([float(np.asarray(x.addressable_data(0))) for x in xs])),
-                        *self.pending)
+    mean = jax.tree.map(
+      lambda *xs: float(np.mean([float(np.asarray(x.addressable_data(0))) for x in xs])), *self.pending
+    )
     self.pending = []
     sps = (step - self.t_step) / max(time.time() - self.t, 1e-9)
     mean.update(steps_per_sec=sps, examples_per_sec=sps * self.batch_size)
     self.writer.write_scalars(step, {f"{self.stage}/{k}": v for k, v in mean.items()})
     eta = (self.num_steps - step) / max(sps, 1e-9)
-    console(self.config, f"{self.stage} step {step}/{self.num_steps} loss {mean['loss/total']:.4f} "
-                         f"lr {mean['lr']:.2e} | {sps:.2f} steps/s {sps * self.batch_size:.1f} ex/s "
-                         f"ETA {_fmt_time(eta)}")
+    console(
+      self.config,
+      f"{self.stage} step {step}/{self.num_steps} loss {mean['loss/total']:.4f} "
+      f"lr {mean['lr']:.2e} | {sps:.2f} steps/s {sps * self.batch_size:.1f} ex/s "
+      f"ETA {_fmt_time(eta)}",
+    )
     self.restart_clock()
     self.t_step = step
 
@@ -265,9 +304,15 @@ class _Validation:
 
   def run(self, state, step: int, meta: dict, sched) -> float:
     """Validates `state` at `step`; updates `meta` (schedule, best score) and `sched`; returns the score."""
-    scalars, samples = validate.evaluate(self.predict_fn, state, self.config.data, self.sources,
-                                         batch_size=int(self.config[self.stage].eval_batch_size),
-                                         mesh=self.mesh, num_images=int(self.config.num_sample_images))
+    scalars, samples = validate.evaluate(
+      self.predict_fn,
+      state,
+      self.config.data,
+      self.sources,
+      batch_size=int(self.config[self.stage].eval_batch_size),
+      mesh=self.mesh,
+      num_images=int(self.config.num_sample_images),
+    )
     lr = sched.step(scalars["score"])
     meta["schedule"] = sched.state_dict()
     is_best = meta["best_score"] is None or scalars["score"] > meta["best_score"]
@@ -276,8 +321,11 @@ class _Validation:
     self.writer.write_scalars(step, {f"{self.stage}/val/{k}": v for k, v in scalars.items()})
     if samples is not None:
       self.writer.write_images(step, {f"{self.stage}/val/samples": samples})
-    console(self.config, f"{self.stage} val step {step}: F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} "
-                         f"score {scalars['score']:.4f}{' (best)' if is_best else ''} next lr {lr:.2e}")
+    console(
+      self.config,
+      f"{self.stage} val step {step}: F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} "
+      f"score {scalars['score']:.4f}{' (best)' if is_best else ''} next lr {lr:.2e}",
+    )
     if is_best and self.config.export_models:
       _export(ts.merge_model(self.parts, ts.host_copy(state), train=False), self.export_dir, "model_best")
     self.last = scalars
@@ -314,9 +362,13 @@ def _train_iterator(config, stage, mesh):
 
   batch_size = int(config[stage].batch_size)
   block, num_blocks = distributed.process_batch_block(batch_size, mesh)
-  return make_train_iterator(stage_data_config(config, stage), seed=steps.rng_seeds(config)[f"data/{stage}"],
-                             process_index=block, process_count=num_blocks,
-                             batch_size_per_process=distributed.local_batch_size(batch_size, mesh))
+  return make_train_iterator(
+    stage_data_config(config, stage),
+    seed=steps.rng_seeds(config)[f"data/{stage}"],
+    process_index=block,
+    process_count=num_blocks,
+    batch_size_per_process=distributed.local_batch_size(batch_size, mesh),
+  )
 
 
 def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
@@ -326,9 +378,15 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
   model.eval()
   predict_fn = steps.make_predict_fn(parts, config, stage, mesh)
   sources = validate.build_val_sources(config.data)
-  scalars, samples = validate.evaluate(predict_fn, state, config.data, sources,
-                                       batch_size=int(scfg.eval_batch_size), mesh=mesh,
-                                       num_images=int(config.num_sample_images))
+  scalars, samples = validate.evaluate(
+    predict_fn,
+    state,
+    config.data,
+    sources,
+    batch_size=int(scfg.eval_batch_size),
+    mesh=mesh,
+    num_images=int(config.num_sample_images),
+  )
   if samples is not None and jax.process_index() == 0:
     from PIL import Image
 
@@ -338,9 +396,12 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
       Image.fromarray((np.clip(tile, 0, 1) * 255).astype(np.uint8)).save(out / f"sample_{i}.png")
     writer.write_images(int(scfg.num_steps), {"final/samples": samples})
   writer.write_scalars(int(scfg.num_steps), {f"final/{k}": v for k, v in scalars.items()})
-  console(config, f"final ({stage}) on held-out {', '.join(name for name, _ in sources)}: "
-                  f"pixel F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} (threshold 0.5, mean over forged images)",
-          always=True)
+  console(
+    config,
+    f"final ({stage}) on held-out {', '.join(name for name, _ in sources)}: "
+    f"pixel F1 {scalars['f1']:.4f} IoU {scalars['iou']:.4f} (threshold 0.5, mean over forged images)",
+    always=True,
+  )
   return {"stage": stage, **scalars}
 
 
@@ -351,8 +412,9 @@ def run_provenance(command: str | None = None) -> dict:
   src = pathlib.Path(__file__).resolve().parent
 
   def git(*args):
-    return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, check=True,
-                          timeout=30).stdout.strip()
+    return subprocess.run(
+      ["git", *args], cwd=src, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
 
   try:
     commit = git("rev-parse", "--short", "HEAD")
@@ -374,5 +436,6 @@ def _flat_config(config) -> dict:
         walk(f"{prefix}{k}.", v)
       elif isinstance(v, (int, float, str, bool)):
         out[f"{prefix}{k}"] = v
+
   walk("", config)
   return out

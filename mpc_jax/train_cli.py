@@ -1,4 +1,5 @@
 """`mpc-jax train --config configs/X.py --workdir DIR [--config.field=value ...]`."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ _NOISE = ("Requested `tracked_metric`",)
 
 def _flags():
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "Training config file (get_config()).",
-                                  lock_config=True, flag_values=fv)
+  config_flags.DEFINE_config_file(
+    "config", None, "Training config file (get_config()).", lock_config=True, flag_values=fv
+  )
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and models.", flag_values=fv)
   return fv
 
@@ -51,7 +53,7 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
     if a == "--config" and i + 1 < len(argv):
       j, value, prefix = i + 1, argv[i + 1], ""
     elif a.startswith("--config="):
-      j, value, prefix = i, a[len("--config="):], "--config="
+      j, value, prefix = i, a[len("--config=") :], "--config="
     else:
       continue
     path, sep, variant = value.partition(":")
@@ -80,7 +82,7 @@ def _config_error(e: BaseException, argv) -> str:
   key = text.split(";")[0].strip("'\"")
   bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
   where = f"{bad[0]}: " if bad else ""
-  return f"{where}no config field {key!r}{text[len(key) + 2:]}" if key and bad else f"{where}{text}"
+  return f"{where}no config field {key!r}{text[len(key) + 2 :]}" if key and bad else f"{where}{text}"
 
 
 class _DropNoise(logging.Filter):
@@ -117,8 +119,11 @@ def use_saved_model_config(config) -> None:
     if strip(saved) != strip(ours):
       saved = dict(saved, DROP_PATH_RATE=ours.get("DROP_PATH_RATE", saved.get("DROP_PATH_RATE", 0.0)))
       m.hrformer_json = json.dumps(saved)
-      print(f"mpc-jax train: note: config.{stage}.init_from={init} was saved with another HRFormer config "
-            f"than config.model ({m.hrformer!r}); using the saved one", file=sys.stderr)
+      print(
+        f"mpc-jax train: note: config.{stage}.init_from={init} was saved with another HRFormer config "
+        f"than config.model ({m.hrformer!r}); using the saved one",
+        file=sys.stderr,
+      )
       return
 
 
@@ -136,7 +141,9 @@ def summary(config, workdir: pathlib.Path, result: dict) -> str:
   lines.append(f"  checkpoints  {', '.join(str(workdir / s / 'checkpoints') for s in config.stages)}")
   lines.append(f"  TensorBoard  tensorboard --logdir {workdir}")
   if models and list(config.stages)[-1] == "stage1":
-    lines.append(f"next: stage 2 from this backbone, --config.stage2.init_from={workdir} (its head is untrained)")
+    lines.append(
+      f"next: stage 2 from this backbone, --config.stage2.init_from={workdir} (its head is untrained)"
+    )
   elif models:
     lines.append(f"next: mpc-jax predict IMAGES --checkpoint {workdir} --out predictions/")
   return "\n".join(lines)
@@ -178,7 +185,9 @@ def cli_main(argv) -> int:
       from mpc_jax.checkpoint import record_training
       from mpc_jax.train_config import stage_data_config
 
-      record_training(mdir, {"input_size": int(stage_data_config(fv.config, stage).input_size), "stage": stage})
+      record_training(
+        mdir, {"input_size": int(stage_data_config(fv.config, stage).input_size), "stage": stage}
+      )
   if "preempted" in result:
     print(f"stopped at step {result['preempted']} by a termination signal; rerun the same command to resume")
     return 0

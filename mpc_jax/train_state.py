@@ -10,6 +10,7 @@ Checkpoints: one orbax `CheckpointManager` per stage (`WORKDIR/<stage>/checkpoin
 state) and `meta` (schedule and best score, JSON). Model exports for `mpc-jax eval/predict` are
 `mpc_jax.checkpoint.save_model` / `load_model`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,20 +34,21 @@ from mpc_jax import distributed
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array       # int32 []
-  params: jax.Array     # float32 [N]: the trained nnx.Param entries, flattened
-  frozen: Any           # nnx.Param entries not trained
-  rest: Any             # the other model state: BatchNorm statistics, counters, RNG streams
-  opt_state: Any        # AdamW over `params`; the learning rate is a hyperparameter the host sets
+  step: jax.Array  # int32 []
+  params: jax.Array  # float32 [N]: the trained nnx.Param entries, flattened
+  frozen: Any  # nnx.Param entries not trained
+  rest: Any  # the other model state: BatchNorm statistics, counters, RNG streams
+  opt_state: Any  # AdamW over `params`; the learning rate is a hyperparameter the host sets
 
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
   """Static things the steps close over (not part of the checkpoint)."""
+
   graphdef_train: Any
   graphdef_eval: Any
   tx: optax.GradientTransformation
-  unflatten: Callable   # float32 [N] -> the nnx.State of the trained parameters
+  unflatten: Callable  # float32 [N] -> the nnx.State of the trained parameters
 
 
 def path_str(path) -> str:
@@ -64,8 +66,12 @@ def trainable_pattern(scfg) -> str:
 def make_optimizer(scfg) -> optax.GradientTransformation:
   """AdamW with PyTorch's defaults (weight decay 0.01); the rate is a hyperparameter the host sets."""
   return optax.inject_hyperparams(optax.adamw)(
-      learning_rate=float(scfg.lr), b1=0.9, b2=0.999, eps=float(scfg.adam_eps),
-      weight_decay=float(scfg.weight_decay))
+    learning_rate=float(scfg.lr),
+    b1=0.9,
+    b2=0.999,
+    eps=float(scfg.adam_eps),
+    weight_decay=float(scfg.weight_decay),
+  )
 
 
 def set_train_modes(model, scfg) -> None:
@@ -87,8 +93,9 @@ def create_state(model, scfg, mesh) -> tuple[TrainState, Parts]:
     raise ValueError(f"config.trainable={scfg.trainable!r} matches no parameter")
   flat, unflatten = ravel_pytree(trained)
   tx = make_optimizer(scfg)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=flat, frozen=frozen, rest=rest,
-                     opt_state=tx.init(flat))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32), params=flat, frozen=frozen, rest=rest, opt_state=tx.init(flat)
+  )
   return replicate(state, mesh), Parts(graphdef_train, graphdef_eval, tx, unflatten)
 
 
@@ -125,12 +132,14 @@ def replicate(tree, mesh):
 
 def host_copy(tree):
   """This process's copy of replicated arrays (single-device arrays; works with several processes)."""
+
   def get(x):
     if _is_key(x):
       return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     if isinstance(x, jax.Array):
       return np.asarray(x.addressable_data(0))
     return x
+
   return jax.tree.map(get, tree)
 
 
@@ -157,33 +166,47 @@ def make_checkpoint_manager(directory, scfg) -> ocp.CheckpointManager:
   """Keeps the `max_to_keep` latest checkpoints and the `keep_best` best by validation score."""
   policies = [ocm.preservation_policy.LatestN(n=int(scfg.max_to_keep))]
   if int(scfg.keep_best) > 0:
-    policies.append(ocm.preservation_policy.BestN(
-        get_metric_fn=lambda m: m["score"], reverse=False, n=int(scfg.keep_best),
-        keep_checkpoints_without_metrics=False))
+    policies.append(
+      ocm.preservation_policy.BestN(
+        get_metric_fn=lambda m: m["score"],
+        reverse=False,
+        n=int(scfg.keep_best),
+        keep_checkpoints_without_metrics=False,
+      )
+    )
   options = ocp.CheckpointManagerOptions(
-      enable_async_checkpointing=bool(scfg.async_checkpointing),
-      best_fn=lambda m: m["score"], best_mode="max",
-      preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
-      cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
-                               item_names=("state", "data_iter", "meta"))
+    enable_async_checkpointing=bool(scfg.async_checkpointing),
+    best_fn=lambda m: m["score"],
+    best_mode="max",
+    preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
+    cleanup_tmp_directories=True,
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    pathlib.Path(directory).absolute(), options=options, item_names=("state", "data_iter", "meta")
+  )
 
 
 def save_checkpoint(mngr, state, data_iter, meta, metrics=None, force=False):
   args = ocp.args.Composite(
-      state=ocp.args.StandardSave(_to_saveable(state)),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter),
-      meta=ocp.args.JsonSave(meta))
+    state=ocp.args.StandardSave(_to_saveable(state)),
+    data_iter=grain.checkpoint.CheckpointSave(data_iter),
+    meta=ocp.args.JsonSave(meta),
+  )
   return mngr.save(int(state.step), args=args, metrics=metrics, force=force)
 
 
 def restore_checkpoint(mngr, step, template: TrainState, data_iter):
   """The state and `meta` saved at `step`; `data_iter` is restored in place."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
-  restored = mngr.restore(step, args=ocp.args.Composite(
+  restored = mngr.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract),
       data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-      meta=ocp.args.JsonRestore()))
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
   return _from_saveable(restored["state"], template), restored["meta"]
 
 

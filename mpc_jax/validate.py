@@ -7,6 +7,7 @@ and IoU (`mpc_jax.metrics` conventions) are averaged over the forged images (the
 validation lists hold forged images only) and also over all images. The score that drives the
 schedule and the best checkpoint is `mean(F1, IoU)` over the validation sets.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ def _batches(config_data, source, batch_size_per_process, mesh):
   pc, pi = jax.process_count(), jax.process_index()
   per_process = math.ceil(len(source) / pc)
   n_batches = max(1, math.ceil(per_process / batch_size_per_process))
-  it = pipeline.make_eval_iterator(config_data, source, batch_size=batch_size_per_process,
-                                   process_index=pi, process_count=pc)
+  it = pipeline.make_eval_iterator(
+    config_data, source, batch_size=batch_size_per_process, process_index=pi, process_count=pc
+  )
   template = None
   for _ in range(n_batches):
     batch = next(it, None)
@@ -44,8 +46,7 @@ def _batches(config_data, source, batch_size_per_process, mesh):
     yield batch
 
 
-def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh,
-             num_images: int = 0):
+def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh, num_images: int = 0):
   """Runs `predict_fn(state, global_batch) -> [B, h, w] probabilities in [0, 1]` over each source.
 
   Returns `(scalars, samples)`: `scalars` has `<name>/f1`, `<name>/iou`, `<name>/f1_all`,
@@ -60,10 +61,13 @@ def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh,
     for batch in _batches(config_data, source, bpp, mesh):
       g = distributed.global_batch({"image": batch["image"]}, mesh)
       prob = predict_fn(state, g["image"])
-      prob = np.asarray(multihost_utils.process_allgather(prob, tiled=True)) if jax.process_count() > 1 \
-          else np.asarray(prob)
+      prob = (
+        np.asarray(multihost_utils.process_allgather(prob, tiled=True))
+        if jax.process_count() > 1
+        else np.asarray(prob)
+      )
       lo = jax.process_index() * bpp
-      prob = prob[lo:lo + bpp]
+      prob = prob[lo : lo + bpp]
       for i, gt in enumerate(batch["mask"]):
         if not batch["valid"][i]:
           continue
@@ -75,16 +79,39 @@ def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh,
           samples.append(_tile(batch["image"][i], batch["mask_small"][i], prob[i]))
     rows = np.asarray(rows, np.float64).reshape(-1, 3)
     if jax.process_count() > 1:
-      sums = np.array([rows[:, 0] @ rows[:, 2], rows[:, 1] @ rows[:, 2], rows[:, 2].sum(),
-                       rows[:, 0].sum(), rows[:, 1].sum(), len(rows)])
+      sums = np.array(
+        [
+          rows[:, 0] @ rows[:, 2],
+          rows[:, 1] @ rows[:, 2],
+          rows[:, 2].sum(),
+          rows[:, 0].sum(),
+          rows[:, 1].sum(),
+          len(rows),
+        ]
+      )
       sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 6).sum(0)
     else:
-      sums = np.array([rows[:, 0] @ rows[:, 2], rows[:, 1] @ rows[:, 2], rows[:, 2].sum(),
-                       rows[:, 0].sum(), rows[:, 1].sum(), len(rows)])
+      sums = np.array(
+        [
+          rows[:, 0] @ rows[:, 2],
+          rows[:, 1] @ rows[:, 2],
+          rows[:, 2].sum(),
+          rows[:, 0].sum(),
+          rows[:, 1].sum(),
+          len(rows),
+        ]
+      )
     nf, n = max(sums[2], 1.0), max(sums[5], 1.0)
     f1, iou = (sums[0] / nf, sums[1] / nf) if sums[2] > 0 else (sums[3] / n, sums[4] / n)
-    scalars.update({f"{name}/f1": f1, f"{name}/iou": iou, f"{name}/f1_all": sums[3] / n,
-                    f"{name}/iou_all": sums[4] / n, f"{name}/num": sums[5]})
+    scalars.update(
+      {
+        f"{name}/f1": f1,
+        f"{name}/iou": iou,
+        f"{name}/f1_all": sums[3] / n,
+        f"{name}/iou_all": sums[4] / n,
+        f"{name}/num": sums[5],
+      }
+    )
     f1s.append(f1)
     ious.append(iou)
   scalars["f1"] = float(np.mean(f1s))
@@ -96,6 +123,8 @@ def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh,
 def _tile(image, gt_small, prob):
   """image | ground truth | prediction, side by side, float32 [S, 3S, 3]."""
   s = image.shape[0]
+
   def up(m):
     return np.repeat(metrics.resize_prob(m, (s, s))[..., None], 3, axis=-1)
+
   return np.concatenate([image, up(gt_small), up(prob)], axis=1).astype(np.float32)

@@ -7,11 +7,14 @@ Reference fixtures live in `tests/fixtures/` (copies of `../shared/fixtures/`), 
 never skip in a clone. Tests marked `parity` must not skip at all when
 `MPC_JAX_STRICT_SKIPS=1` (CI sets it): a skip there is reported as a failure.
 """
+
 import os
 import tempfile
 
 # LLVM's optimisation passes off: tiny programs run as correctly and compile about 1.4x faster.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
@@ -19,8 +22,10 @@ import pathlib
 import jax
 import pytest
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")))
+jax.config.update(
+  "jax_compilation_cache_dir",
+  os.environ.get("MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"

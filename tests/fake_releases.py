@@ -5,6 +5,7 @@ for its manipulated images. Every forged image carries its mask in the red chann
 so an oracle that reads the red channel scores F1 = IoU = 1 exactly when the layout and the mask
 coding (white / black / 3-level / edge-mask) are read right. Masks are full-width bands on the 8-px grid.
 """
+
 import csv
 import os
 
@@ -17,7 +18,7 @@ H, W = 32, 40
 
 def _pair(rng, k):
   m = np.zeros((H, W), np.uint8)
-  m[8 * (k % 2 + 1): 8 * (k % 2 + 1) + 8 + 8 * (k % 2)] = 1
+  m[8 * (k % 2 + 1) : 8 * (k % 2 + 1) + 8 + 8 * (k % 2)] = 1
   img = np.zeros((H, W, 3), np.uint8)
   img[..., 0] = m * 255
   img[..., 1] = rng.integers(0, 256, (H, W))
@@ -64,29 +65,53 @@ def make(name, root, seed=0):
 
   if name == "columbia":
     for k in range(2):
-      forged(f"4cam_splc/canong3_canonxt_sub_0{k}.tif", f"4cam_splc/edgemask/canong3_canonxt_sub_0{k}_edgemask.jpg", k,
-             "edge")
+      forged(
+        f"4cam_splc/canong3_canonxt_sub_0{k}.tif",
+        f"4cam_splc/edgemask/canong3_canonxt_sub_0{k}_edgemask.jpg",
+        k,
+        "edge",
+      )
     _save(os.path.join(root, "4cam_auth", "canong3_02_sub_01.tif"), _authentic(rng))
   elif name == "dso1":
     for k in range(2):
-      forged(f"tifs-database/DSO-1/splicing-0{k + 1}.png",
-             f"tifs-database/DSO-1-Fake-Images-Masks/splicing-0{k + 1}.png", k, "black")
+      forged(
+        f"tifs-database/DSO-1/splicing-0{k + 1}.png",
+        f"tifs-database/DSO-1-Fake-Images-Masks/splicing-0{k + 1}.png",
+        k,
+        "black",
+      )
     _save(os.path.join(root, "tifs-database", "DSO-1", "normal-01.png"), _authentic(rng))
   elif name == "casia_v1":
-    forged("CASIA 1.0 dataset/Modified Tp/Tp/Sp/Sp_D_CND_A_pla0005_pla0023_0281.jpg",
-           "CASIA 1.0 groundtruth/Sp/Sp_D_CND_A_pla0005_pla0023_0281_gt.png", 0)
-    forged("CASIA 1.0 dataset/Modified Tp/Tp/CM/Sp_S_CND_A_pla0016_pla0016_0196.jpg",
-           "CASIA 1.0 groundtruth/CM/Sp_S_CND_A_pla0016_pla0016_0196_gt.png", 1)
+    forged(
+      "CASIA 1.0 dataset/Modified Tp/Tp/Sp/Sp_D_CND_A_pla0005_pla0023_0281.jpg",
+      "CASIA 1.0 groundtruth/Sp/Sp_D_CND_A_pla0005_pla0023_0281_gt.png",
+      0,
+    )
+    forged(
+      "CASIA 1.0 dataset/Modified Tp/Tp/CM/Sp_S_CND_A_pla0016_pla0016_0196.jpg",
+      "CASIA 1.0 groundtruth/CM/Sp_S_CND_A_pla0016_pla0016_0196_gt.png",
+      1,
+    )
     _save(os.path.join(root, "CASIA 1.0 dataset", "Au", "Au_ani_0001.jpg"), _authentic(rng))
   elif name == "nist16":
     rows = []
     for k in range(2):
       forged(f"probe/NC2016_{k:04d}.jpg", f"reference/manipulation/mask/NC2016_{k + 50:04d}.png", k, "black")
-      rows.append(["manipulation", f"NC2016_{k:04d}", f"probe/NC2016_{k:04d}.jpg",
-                   f"reference/manipulation/mask/NC2016_{k + 50:04d}.png", "", "Y"])
+      rows.append(
+        [
+          "manipulation",
+          f"NC2016_{k:04d}",
+          f"probe/NC2016_{k:04d}.jpg",
+          f"reference/manipulation/mask/NC2016_{k + 50:04d}.png",
+          "",
+          "Y",
+        ]
+      )
     _save(os.path.join(root, "probe", "NC2016_0009.jpg"), _authentic(rng))
     rows.append(["manipulation", "NC2016_0009", "probe/NC2016_0009.jpg", "", "", "N"])
-    with open(os.path.join(root, "reference", "manipulation", "NC2016-manipulation-ref.csv"), "w", newline="") as f:
+    with open(
+      os.path.join(root, "reference", "manipulation", "NC2016-manipulation-ref.csv"), "w", newline=""
+    ) as f:
       w = csv.writer(f, delimiter="|")
       w.writerow(["TaskID", "ProbeFileID", "ProbeFileName", "ProbeMaskFileName", "DonorFileID", "IsTarget"])
       w.writerows(rows)
@@ -111,8 +136,14 @@ def make(name, root, seed=0):
       forged(f"Sp/Sp_{k}_multi.jpg", f"GT/Sp_{k}_multi.png", k)
     _save(os.path.join(root, "Au", "Au_0.jpg"), _authentic(rng))
   elif name == "tampcoco":
-    forged("sp_images/88_000000013140.jpg_000000574443.jpg.jpg", "sp_masks/88_000000013140.png_000000574443.png.png", 0)
-    forged("cm_images/7_000000000025.jpg_RT-5.8_RS1.18.jpg", "cm_masks/7_000000000025.png_RT-5.8_RS1.18.png", 1)
+    forged(
+      "sp_images/88_000000013140.jpg_000000574443.jpg.jpg",
+      "sp_masks/88_000000013140.png_000000574443.png.png",
+      0,
+    )
+    forged(
+      "cm_images/7_000000000025.jpg_RT-5.8_RS1.18.jpg", "cm_masks/7_000000000025.png_RT-5.8_RS1.18.png", 1
+    )
   elif name == "imd2020":
     for k, d in enumerate(("1a0c5x", "1a1ij1")):
       forged(f"IMD2020/{d}/{d}_0.jpg", f"IMD2020/{d}/{d}_0_mask.png", k)
@@ -125,9 +156,19 @@ def make(name, root, seed=0):
   return out
 
 
-LAYOUT_OF_BUILDER = {"columbia": "columbia", "dso1": "dso1", "casia_v1": "casia_v1", "nist16": "nist16",
-                     "coverage": "coverage", "korus": "korus", "in_the_wild": "in_the_wild", "cocoglide": "cocoglide",
-                     "misd": "misd", "tamp_coco": "tampcoco", "imd2020": "imd2020"}
+LAYOUT_OF_BUILDER = {
+  "columbia": "columbia",
+  "dso1": "dso1",
+  "casia_v1": "casia_v1",
+  "nist16": "nist16",
+  "coverage": "coverage",
+  "korus": "korus",
+  "in_the_wild": "in_the_wild",
+  "cocoglide": "cocoglide",
+  "misd": "misd",
+  "tamp_coco": "tampcoco",
+  "imd2020": "imd2020",
+}
 
 
 def oracle(x):

@@ -1,5 +1,6 @@
 """The `mpc-jax` command as a newcomer meets it: run as a subprocess from another folder with relative
 paths; every run must end with the expected exit status (0 ok, 1 failure, 2 usage) and no traceback."""
+
 import json
 import os
 import pathlib
@@ -22,11 +23,21 @@ from train_testlib import timeout_s  # noqa: E402
 def cli(cwd, *args, timeout=1800):
   """`mpc-jax ARGS` in `cwd` (the worktree's package first on the path); asserts no traceback.
   `timeout`: the base limit in seconds (`train_testlib.timeout_s` scales it)."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-             JAX_COMPILATION_CACHE_DIR=os.environ.get(
-                 "MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")))
-  r = subprocess.run([sys.executable, "-m", "mpc_jax.main", *map(str, args)], cwd=cwd, env=env,
-                     capture_output=True, text=True, timeout=timeout_s(timeout))
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    JAX_COMPILATION_CACHE_DIR=os.environ.get(
+      "MPC_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "mpc_jax_test_cache")
+    ),
+  )
+  r = subprocess.run(
+    [sys.executable, "-m", "mpc_jax.main", *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout_s(timeout),
+  )
   assert "Traceback" not in r.stderr + r.stdout, r.stderr
   return r
 
@@ -65,7 +76,9 @@ def ws(tmp_path_factory):
   write_dataset(d / "data", 2, seed=0, size=(64, 64), difficulty=0.0, authentic_prob=0.0)
   r = np.random.default_rng(0)
   (d / "big").mkdir()
-  cv2.imwrite(str(d / "big" / "photo.jpg"), cv2.resize(r.integers(0, 255, (150, 200, 3), dtype=np.uint8), (3000, 2000)))
+  cv2.imwrite(
+    str(d / "big" / "photo.jpg"), cv2.resize(r.integers(0, 255, (150, 200, 3), dtype=np.uint8), (3000, 2000))
+  )
   shutil.copytree(REPO / "configs", d / "configs")
   (d / "empty").mkdir()
   return d
@@ -112,8 +125,21 @@ def test_predict_and_eval_with_relative_paths(ws):
   assert r.returncode == 0, r.stderr
   meta = json.loads((ws / "ev" / "results.json").read_text())["meta"]
   assert meta["protocol"] == "resize" and meta["size"] == 64  # the size the model was saved as trained at
-  r = cli(ws, "eval", "--checkpoint", "models/tiny", "--data", "data", "--out", "ev2", "--no-progress",
-          "--size", "128", "--limit", "1")
+  r = cli(
+    ws,
+    "eval",
+    "--checkpoint",
+    "models/tiny",
+    "--data",
+    "data",
+    "--out",
+    "ev2",
+    "--no-progress",
+    "--size",
+    "128",
+    "--limit",
+    "1",
+  )
   assert r.returncode == 0 and "trained at 64 px" in r.stderr
 
 
@@ -130,7 +156,9 @@ def test_model_errors_and_warnings(ws):
 
 
 def test_convert_takes_the_models_own_config(ws):
-  r = cli(ws, "convert", "win4.npz", "--out", "models/c1", "--hrformer-config", "models/win4/model_config.json")
+  r = cli(
+    ws, "convert", "win4.npz", "--out", "models/c1", "--hrformer-config", "models/win4/model_config.json"
+  )
   assert r.returncode == 0, r.stderr
   r = cli(ws, "convert", "win4.npz", "--out", "models/c2", "--hrformer-config", "hrt_tiny")
   assert r.returncode == 0 and "window sizes taken from the weights" in r.stderr
@@ -159,13 +187,15 @@ def test_progress_moves_per_tile():
 
   steps = []
   cfg = P.PredictConfig(mode="native", tile=128, overlap=32, batch_size=1)
-  out = list(P.predict_stream(local_model, [(0, np.zeros((300, 300, 3), np.uint8))], cfg, progress=steps.append))
+  out = list(
+    P.predict_stream(local_model, [(0, np.zeros((300, 300, 3), np.uint8))], cfg, progress=steps.append)
+  )
   assert out[0][1].shape == (300, 300)
   assert len(steps) == 9 and sum(steps) == pytest.approx(1.0)  # 3 x 3 tiles of one image
 
 
 # --------------------------------------------------------------------------------------- training
-TINY_TRAIN = '''
+TINY_TRAIN = """
 import sys
 sys.path.insert(0, {tests!r})
 from train_testlib import tiny_config
@@ -180,7 +210,7 @@ def get_config():
   c.print_progress = True
   c.result_file = "result.json"
   return c
-'''
+"""
 
 
 def test_train_console_lines_once_and_summary(tmp_path):
@@ -216,9 +246,13 @@ def test_training_size_from_the_workdir_and_saved_config_wins(ws, tmp_path):
   shutil.copytree(ws / "models" / "tiny", work / "stage1" / "model_best")
   f = work / "stage1" / "model_best" / "model_config.json"
   f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "training"}))
-  (work / "config.json").write_text(json.dumps({"stages": ["stage1", "stage2"], "data": {"input_size": 48},
-                                                "stage1": {"data_overrides": {}}}))
-  assert read_model_config(work / "stage1" / "model_best")["training"] == {"input_size": 48, "stage": "stage1"}
+  (work / "config.json").write_text(
+    json.dumps({"stages": ["stage1", "stage2"], "data": {"input_size": 48}, "stage1": {"data_overrides": {}}})
+  )
+  assert read_model_config(work / "stage1" / "model_best")["training"] == {
+    "input_size": 48,
+    "stage": "stage1",
+  }
   c = tiny_config(("stage2",))
   c.model.hrformer, c.model.hrformer_json = "hrt_tiny", ""
   c.stage2.init_from = str(ws / "models" / "win4")

@@ -1,4 +1,5 @@
 """Programs that trace fast, and the persistent compilation cache."""
+
 import copy
 import cProfile
 import json
@@ -51,8 +52,11 @@ def test_tracing_work_grows_linearly_with_depth():
 
 
 def test_compilation_cache_directory_choice(tmp_path, monkeypatch):
-  saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
+  saved = (
+    jax.config.jax_compilation_cache_dir,
+    jax.config.jax_enable_compilation_cache,
+    jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   try:
     monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
     assert compile_cache.enable() == str(tmp_path / "env")

@@ -1,4 +1,5 @@
 """PyTorch state dict <-> model conversion, file formats and the `mpc-jax convert` command."""
+
 import math
 
 import jax
@@ -6,8 +7,13 @@ import numpy as np
 import pytest
 
 from mpc_jax.checkpoint import load_model
-from mpc_jax.convert import (cli_main, export_npz, from_torch_state_dict, load_state_dict_file,
-                             to_torch_state_dict)
+from mpc_jax.convert import (
+  cli_main,
+  export_npz,
+  from_torch_state_dict,
+  load_state_dict_file,
+  to_torch_state_dict,
+)
 from mpc_jax.models import count_params
 
 from test_model import MICRO, _forward, load_parity_fixture
@@ -23,6 +29,7 @@ def random_state_dict_from_tsv(path, seed=0):
     if key.endswith("relative_position_index"):
       w = math.isqrt(shape[0])  # the index is [w*w, w*w]
       from mpc_jax.models.hrformer import relative_position_index
+
       sd[key] = relative_position_index(w)
     elif dtype == "int64":
       sd[key] = np.asarray(rng.integers(0, 1000), np.int64).reshape(shape)
@@ -57,6 +64,7 @@ def test_round_trip_is_bit_exact(fixtures_dir, tmp_path):
 
 def test_missing_unexpected_and_misshaped_keys_are_listed():
   from mpc_jax.models import build_mpc
+
   sd = to_torch_state_dict(build_mpc(MICRO, seed=0))
   bad = dict(sd)
   del bad["encoder.conv1.weight"]
@@ -66,9 +74,15 @@ def test_missing_unexpected_and_misshaped_keys_are_listed():
   with pytest.raises(ValueError) as err:
     from_torch_state_dict(bad, MICRO)
   msg = str(err.value)
-  for text in ("missing keys (2)", "encoder.conv1.weight", "decoder.classifier.11.bias",
-               "unexpected keys (1)", "encoder.incre_modules.0.weight",
-               "mis-shaped keys (1)", "encoder.stage2.0.branches.0.0.norm1.weight: got (7,)"):
+  for text in (
+    "missing keys (2)",
+    "encoder.conv1.weight",
+    "decoder.classifier.11.bias",
+    "unexpected keys (1)",
+    "encoder.incre_modules.0.weight",
+    "mis-shaped keys (1)",
+    "encoder.stage2.0.branches.0.0.norm1.weight: got (7,)",
+  ):
     assert text in msg
   with pytest.raises(ValueError, match="missing keys"):
     from_torch_state_dict(sd, MICRO, head="casiav2")
@@ -76,8 +90,9 @@ def test_missing_unexpected_and_misshaped_keys_are_listed():
 
 def test_backbone_only_and_dataparallel_prefixes():
   from mpc_jax.models import build_mpc
+
   sd = to_torch_state_dict(build_mpc(MICRO, seed=2))
-  stage1 = {"module." + k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+  stage1 = {"module." + k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
   model = from_torch_state_dict(stage1, MICRO, head=None)
   back = to_torch_state_dict(model)
   for key, value in sd.items():
@@ -89,15 +104,18 @@ def test_backbone_only_and_dataparallel_prefixes():
 
 def test_file_formats_and_cli(tmp_path, capsys):
   from mpc_jax.models import build_mpc
+
   source = build_mpc(MICRO, seed=7)
   source.eval()
   sd = to_torch_state_dict(source)
   np.savez(tmp_path / "w.npz", **sd)
   from safetensors.numpy import save_file
+
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
   paths = [tmp_path / "w.npz", tmp_path / "w.safetensors"]
   cfg_path = tmp_path / "cfg.json"
   import json
+
   cfg_path.write_text(json.dumps(MICRO))
   images = jax.random.uniform(jax.random.key(0), (1, 40, 40, 3))
   want = np.asarray(_forward(source, images)[1])
@@ -107,8 +125,12 @@ def test_file_formats_and_cli(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(_forward(load_model(out), images)[1]), want)
   assert cli_main([str(tmp_path / "absent.pth"), "--out", str(tmp_path / "x")]) == 1
   assert "not found" in capsys.readouterr().err
-  assert cli_main([str(paths[0]), "--out", str(tmp_path / "y"), "--head", "casiav2",
-                   "--hrformer-config", str(cfg_path)]) == 1
+  assert (
+    cli_main(
+      [str(paths[0]), "--out", str(tmp_path / "y"), "--head", "casiav2", "--hrformer-config", str(cfg_path)]
+    )
+    == 1
+  )
   assert "missing keys" in capsys.readouterr().err
 
 
@@ -116,6 +138,7 @@ def test_pth_checkpoint_converts(tmp_path):
   """A `.pth` file as the reference saves it (`{"state_dict": ...}` of torch tensors)."""
   torch = pytest.importorskip("torch")
   from mpc_jax.models import build_mpc
+
   source = build_mpc(MICRO, seed=3)
   source.eval()
   sd = to_torch_state_dict(source)

@@ -1,4 +1,5 @@
 """`mpc-jax eval --suite`: the paper's sets found under a data root in their public layouts, one table."""
+
 import csv
 import json
 
@@ -11,10 +12,16 @@ from mpc_jax import suites
 from fake_releases import make, oracle  # noqa: E402 (tests/ is on sys.path under pytest)
 
 # suite name -> (fake layout, folder name under the data root, as the public release unpacks)
-PRESENT = {"Columbia": ("columbia", "Columbia"), "DSO-1": ("dso1", "tifs-database"),
-           "CASIAv1": ("casia_v1", "CASIAv1"), "NIST16": ("nist16", "NC2016_Test0613"),
-           "Coverage": ("coverage", "COVERAGE"), "Korus": ("korus", "realistic-tampering-dataset"),
-           "In-the-Wild": ("in_the_wild", "In-the-Wild"), "CoCoGlide": ("cocoglide", "CocoGlide")}
+PRESENT = {
+  "Columbia": ("columbia", "Columbia"),
+  "DSO-1": ("dso1", "tifs-database"),
+  "CASIAv1": ("casia_v1", "CASIAv1"),
+  "NIST16": ("nist16", "NC2016_Test0613"),
+  "Coverage": ("coverage", "COVERAGE"),
+  "Korus": ("korus", "realistic-tampering-dataset"),
+  "In-the-Wild": ("in_the_wild", "In-the-Wild"),
+  "CoCoGlide": ("cocoglide", "CocoGlide"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +38,21 @@ def test_paper_suite_one_table_and_footnote(data_root, tmp_path, monkeypatch, ca
   root, counts = data_root
   monkeypatch.setattr(E, "load_model_from_args", lambda args: oracle)
   out = tmp_path / "out"
-  rc = E.cli_main(["--random-init", "x", "--suite", "paper", "--data-root", str(root), "--out", str(out),
-                   "--protocol", "native", "--no-progress"])
+  rc = E.cli_main(
+    [
+      "--random-init",
+      "x",
+      "--suite",
+      "paper",
+      "--data-root",
+      str(root),
+      "--out",
+      str(out),
+      "--protocol",
+      "native",
+      "--no-progress",
+    ]
+  )
   assert rc == 0
   js = json.loads((out / "suite_paper.json").read_text())
   rows = {r["dataset"]: r for r in js["rows"]}
@@ -48,8 +68,9 @@ def test_paper_suite_one_table_and_footnote(data_root, tmp_path, monkeypatch, ca
   printed = capsys.readouterr().out
   assert "## suite paper" in printed and "| F1 | 1.000 |" in printed
   table = list(csv.DictReader(open(out / "suite_paper.csv")))
-  assert [r["dataset"] for r in table][: len(PRESENT)] == [n for n in
-                                                          [e["name"] for e in suites.PAPER] if n in PRESENT]
+  assert [r["dataset"] for r in table][: len(PRESENT)] == [
+    n for n in [e["name"] for e in suites.PAPER] if n in PRESENT
+  ]
   assert table[len(PRESENT)]["dataset"] == "Mean" and float(table[len(PRESENT)]["f1"]) == 1.0
   assert (out / "results.csv").exists()  # the per-set report of `eval` is written as well
 
@@ -60,18 +81,33 @@ def test_mean_and_user_suite_file(data_root, tmp_path, monkeypatch):
   def half(x):  # predicts the top half of every image: F1 / IoU known per set from the masks
     y = oracle(x)
     y[:, : y.shape[1] // 2] = 50.0
-    y[:, y.shape[1] // 2:] = -50.0
+    y[:, y.shape[1] // 2 :] = -50.0
     return y
 
   user = tmp_path / "my_suites.py"
-  user.write_text("SUITES = {'two': [\n"
-                  "  {'name': 'A', 'spec': 'layout:dso1:{root}/tifs-database'},\n"
-                  "  {'name': 'B', 'dirs': ('COVERAGE',), 'layout': 'coverage'},\n"
-                  "  {'name': 'C', 'spec': '{root}/nowhere'}]}\n")
+  user.write_text(
+    "SUITES = {'two': [\n"
+    "  {'name': 'A', 'spec': 'layout:dso1:{root}/tifs-database'},\n"
+    "  {'name': 'B', 'dirs': ('COVERAGE',), 'layout': 'coverage'},\n"
+    "  {'name': 'C', 'spec': '{root}/nowhere'}]}\n"
+  )
   monkeypatch.setattr(E, "load_model_from_args", lambda args: half)
   out = tmp_path / "o"
-  rc = E.cli_main(["--random-init", "x", "--suite", f"{user}:two", "--data-root", str(root), "--out", str(out),
-                   "--protocol", "native", "--no-progress"])
+  rc = E.cli_main(
+    [
+      "--random-init",
+      "x",
+      "--suite",
+      f"{user}:two",
+      "--data-root",
+      str(root),
+      "--out",
+      str(out),
+      "--protocol",
+      "native",
+      "--no-progress",
+    ]
+  )
   assert rc == 0
   js = json.loads((out / "suite_two.json").read_text())
   # fake masks (32 rows): image 0 band rows 8..16, image 1 rows 16..32; prediction rows 0..16

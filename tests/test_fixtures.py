@@ -1,4 +1,5 @@
 """The in-repo fixtures are exact copies of `../shared/fixtures/`, their source, where it exists."""
+
 import hashlib
 
 import pytest
@@ -22,7 +23,8 @@ def test_fixtures_match_their_shared_source():
   assert shared, SHARED_FIXTURES
   for name in shared:
     assert _digest(FIXTURES / name) == _digest(SHARED_FIXTURES / name), (
-        f"tests/fixtures/{name} differs from {SHARED_FIXTURES / name}: copy it again")
+      f"tests/fixtures/{name} differs from {SHARED_FIXTURES / name}: copy it again"
+    )
 
 
 def test_planted_bugs_still_find_their_code():

@@ -1,4 +1,5 @@
 """k-means (cosine, k=2) of the stage-1 validation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,5 +1,6 @@
 """Layers with PyTorch semantics, against numpy restatements written from PyTorch's documentation
 (and against PyTorch itself where it is installed)."""
+
 import jax
 import numpy as np
 import pytest
@@ -87,6 +88,7 @@ def test_layernorm_matches_numpy_with_eps_1e6():
 
 def test_gelu_is_exact_erf():
   from math import erf, sqrt
+
   x = np.array([-3.0, -1.0, -0.3, 0.0, 0.7, 2.5], np.float32)
   want = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x.astype(np.float64)])
   np.testing.assert_allclose(np.asarray(layers.Act("gelu")(jax.numpy.asarray(x))), want, rtol=1e-6, atol=1e-7)
@@ -108,12 +110,17 @@ def test_bilinear_align_corners_matches_numpy():
 
   for oh, ow in [(7, 9), (12, 20), (2, 3)]:
     want = np.einsum("ih,bhwc,jw->bijc", weights(3, oh), x.astype(np.float64), weights(5, ow))
-    np.testing.assert_allclose(np.asarray(layers.resize_bilinear_align_corners(jax.numpy.asarray(x), (oh, ow))),
-                               want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(layers.resize_bilinear_align_corners(jax.numpy.asarray(x), (oh, ow))),
+      want,
+      rtol=1e-5,
+      atol=1e-6,
+    )
 
 
 def test_drop_path_drops_whole_samples_and_rescales_the_kept():
   from flax import nnx
+
   rate = 0.25
   dp = layers.DropPath(rate, nnx.Rngs(droppath=0))
   x = np.ones((4000, 2, 3, 1), np.float32)
@@ -137,5 +144,6 @@ def test_pointwise_conv_is_the_1x1_convolution():
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   conv = layers.Conv(6, 9, 1, init=layers.Init(0))
   conv.kernel.set_value(jax.numpy.asarray(kernel))
-  np.testing.assert_allclose(np.asarray(conv(jax.numpy.asarray(x))), want + np.asarray(conv.bias[...]),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(conv(jax.numpy.asarray(x))), want + np.asarray(conv.bias[...]), rtol=1e-5, atol=1e-5
+  )

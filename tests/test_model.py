@@ -1,4 +1,5 @@
 """The HRFormer/MPC model: reference parity, odd sizes, drop path, precision, checkpoints."""
+
 import copy
 import json
 import os
@@ -46,7 +47,7 @@ def _forward(model, images):
 def load_parity_fixture(fixtures_dir, name="parity_tiny"):
   data = np.load(fixtures_dir / f"{name}.npz")
   meta = json.loads((fixtures_dir / f"{name}.json").read_text())
-  sd = {k[len("state_dict/"):]: data[k] for k in data.files if k.startswith("state_dict/")}
+  sd = {k[len("state_dict/") :]: data[k] for k in data.files if k.startswith("state_dict/")}
   return data, meta, sd
 
 
@@ -158,7 +159,9 @@ def test_save_and_load_model_gives_identical_outputs(tmp_path):
   restored = load_model(tmp_path / "m")
   assert restored.head.variant == "casiav2"
   images = jax.random.uniform(jax.random.key(4), (1, 40, 48, 3))
-  np.testing.assert_array_equal(np.asarray(_forward(model, images)[1]), np.asarray(_forward(restored, images)[1]))
+  np.testing.assert_array_equal(
+    np.asarray(_forward(model, images)[1]), np.asarray(_forward(restored, images)[1])
+  )
 
 
 def test_load_model_from_workdir_prefers_best(tmp_path):
@@ -169,12 +172,15 @@ def test_load_model_from_workdir_prefers_best(tmp_path):
     load_model(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     (("STAGE2", "NUM_HEADS"), [3, 2], "not divisible"),
     (("STAGE3", "NUM_CHANNELS"), [8, 16], "NUM_CHANNELS has 2 entries"),
     (("STAGE4", "BLOCK"), "BASIC", "STAGE4.BLOCK"),
     (("DROP_PATH_RATE",), 1.5, "DROP_PATH_RATE"),
-])
+  ],
+)
 def test_bad_config_names_the_field(field, value, message):
   cfg = copy.deepcopy(MICRO)
   target = cfg
@@ -225,8 +231,13 @@ def test_remat_gives_same_values_and_gradients_with_less_memory():
   drop-path RNG state it leaves behind, and lowers XLA's temporary memory. Runs in a fresh
   process, where `keep_remat_barriers_on_cpu` can still set XLA_FLAGS (this one has its backends)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-  out = subprocess.run([sys.executable, "-c", _REMAT_SCRIPT, json.dumps(MICRO)], capture_output=True,
-                       text=True, timeout=timeout_s(900), env=env)
+  out = subprocess.run(
+    [sys.executable, "-c", _REMAT_SCRIPT, json.dumps(MICRO)],
+    capture_output=True,
+    text=True,
+    timeout=timeout_s(900),
+    env=env,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   res = json.loads(out.stdout.strip().splitlines()[-1])
   assert res["values"][0] == pytest.approx(res["values"][1], rel=1e-6)
@@ -236,7 +247,9 @@ def test_remat_gives_same_values_and_gradients_with_less_memory():
   assert remat < 0.7 * plain, f"remat should cut XLA's temporaries: {remat} vs {plain} bytes"
 
 
-@pytest.mark.parametrize("hw,stride,padding", [((9, 13), 1, 1), ((16, 16), 2, 1), ((11, 7), 2, 0), ((6, 10), 1, 0)])
+@pytest.mark.parametrize(
+  "hw,stride,padding", [((9, 13), 1, 1), ((16, 16), 2, 1), ((11, 7), 2, 0), ((6, 10), 1, 0)]
+)
 def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
   """Values and gradients (input and kernel) of the shifted form equal XLA's grouped convolution."""
   rng = np.random.default_rng(0)
@@ -264,6 +277,7 @@ def _grouped_convs(model, images):
   """Number of grouped (depth-wise) XLA convolutions in the traced forward."""
   import re
   from flax import nnx
+
   graphdef, state = nnx.split(model)
   jaxpr = str(jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st)(x))(state, images))
   return sum(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", jaxpr))
@@ -304,5 +318,5 @@ def test_transformer_block_layernorms_match_torch_semantics_at_small_variance():
     norm.bias.set_value(jnp.asarray(b))
     x64 = x.astype(np.float64)
     centred = x64 - x64.mean(-1, keepdims=True)
-    want = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-6) * w + b
+    want = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-6) * w + b
     np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)

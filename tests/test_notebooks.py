@@ -1,6 +1,7 @@
 """Every notebook in colabs/ runs top to bottom on the CPU as written (no weights, no uploads: the
 notebook's own fallbacks). Shell (`!`) and magic (`%`) lines are skipped; the code cells run in order in
 one namespace in a fresh folder."""
+
 import json
 import pathlib
 

@@ -1,4 +1,5 @@
 """`mpc-jax prepare` -> ArrayRecord shards, and `arrayrecord:DIR` read back (decode, pipeline, training)."""
+
 import json
 import os
 import pathlib
@@ -17,7 +18,15 @@ from mpc_jax.data.arrayrecord import ArrayRecordSource
 from mpc_jax.data.sources import PairSource, source_from_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-GOOD_FORGED = ["f_rgb.png", "f_jpeg.jpg", "f_gray.png", "f_rgba.png", "f_16bit.png", "f_tiff.tif", "f_01mask.png"]
+GOOD_FORGED = [
+  "f_rgb.png",
+  "f_jpeg.jpg",
+  "f_gray.png",
+  "f_rgba.png",
+  "f_16bit.png",
+  "f_tiff.tif",
+  "f_01mask.png",
+]
 GOOD_AUTHENTIC = ["a0.jpg", "a1.png"]
 BAD = {"b_truncated.png": "truncated PNG", "b_garbage.jpg": "truncated JPEG", "b_size.png": "differs"}
 
@@ -34,7 +43,7 @@ def _write_folder(d: pathlib.Path, seed=0):
 
   def mask(k):
     m = np.zeros(hw, np.uint8)
-    m[2:8 + k, 3:10 + k] = 255
+    m[2 : 8 + k, 3 : 10 + k] = 255
     return m
 
   Image.fromarray(img()).save(d / "images" / "f_rgb.png")
@@ -106,7 +115,10 @@ def test_records_hold_the_files_byte_for_byte(folder, packed):
   assert s["images_without_mask"] == 2  # a0 and a1 (the garbage JPEG, also mask-less, was skipped as bad)
   assert len(s["bad_files"]) == 3
   for name, why in BAD.items():  # each broken file is named, with its reason
-    assert any(name in b["path"] + b["reason"] and why in b["reason"] for b in s["bad_files"]), (name, s["bad_files"])
+    assert any(name in b["path"] + b["reason"] and why in b["reason"] for b in s["bad_files"]), (
+      name,
+      s["bad_files"],
+    )
   # sizes and checksums agree with the files on disk
   import hashlib
 
@@ -128,8 +140,9 @@ def test_records_decode_exactly_as_the_files(folder, packed):
   assert len(src) == 9 and len(source_from_spec(f"arrayrecord:{out}:set")) == 9
   from mpc_jax.data.io import read_image, read_mask
 
-  masks = {os.path.splitext(f)[0].replace("_gt", "").replace("_mask", ""): f
-           for f in os.listdir(folder / "masks")}
+  masks = {
+    os.path.splitext(f)[0].replace("_gt", "").replace("_mask", ""): f for f in os.listdir(folder / "masks")
+  }
   for rec in src:
     p = folder / rec["path"]
     np.testing.assert_array_equal(rec["image"], read_image(p))
@@ -172,8 +185,10 @@ def test_resume_after_interruption_skips_done_shards(folder, tmp_path, monkeypat
   monkeypatch.setattr(prep, "encode_record", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
   man = prep.prepare([str(folder)], out, shard_size=3, workers=1, progress=False)
   assert (out / "set-00000-of-00004.array_record").stat().st_mtime_ns == first.st_mtime_ns  # not rewritten
-  done_first = sum(json.loads((out / f"set-0000{k}-of-00004.array_record.done.json").read_text())["records"]
-                   for k in range(2))
+  done_first = sum(
+    json.loads((out / f"set-0000{k}-of-00004.array_record.done.json").read_text())["records"]
+    for k in range(2)
+  )
   assert len(calls) == 9 - done_first and done_first >= 3
   assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
   # the resumed folder equals an uninterrupted run (workers=2 there), shard for shard
@@ -187,7 +202,8 @@ def test_other_inputs_need_overwrite(folder, tmp_path):
     prep.prepare([str(folder)], out, shard_size=5, workers=1, progress=False)
   man = prep.prepare([str(folder)], out, shard_size=5, workers=1, progress=False, overwrite=True)
   assert man["num_shards"] == 3 and sorted(f for f in os.listdir(out) if f.endswith(".array_record")) == [
-      f"set-0000{k}-of-00003.array_record" for k in range(3)]
+    f"set-0000{k}-of-00003.array_record" for k in range(3)
+  ]
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "x.txt").write_text("keep me")
   with pytest.raises(ValueError, match="not empty"):
@@ -197,8 +213,9 @@ def test_other_inputs_need_overwrite(folder, tmp_path):
 def test_missing_mask_bad_and_named_sources_and_synthetic(folder, tmp_path):
   from mpc_jax.data.synthetic import SyntheticSource
 
-  man = prep.prepare([f"forg={folder}", "syn=synthetic:4:3:32"], tmp_path / "ar", workers=1, progress=False,
-                     missing_mask="bad")
+  man = prep.prepare(
+    [f"forg={folder}", "syn=synthetic:4:3:32"], tmp_path / "ar", workers=1, progress=False, missing_mask="bad"
+  )
   forg, syn = man["sources"]
   assert (forg["name"], forg["records"], syn["name"], syn["records"]) == ("forg", 7, "syn", 4)
   assert forg["bad"] == 3 + 2  # + the two authentic images, now "no mask"
@@ -220,7 +237,9 @@ def test_pipeline_sharding_resume_and_mixture_from_shards(packed):
   cfg.sources = [{"spec": f"arrayrecord:{out}:set", "weight": 2.0}]
 
   def batches(pi, pc, b, n, state=None):
-    it = pipeline.make_train_iterator(cfg, seed=5, process_index=pi, process_count=pc, batch_size_per_process=b)
+    it = pipeline.make_train_iterator(
+      cfg, seed=5, process_index=pi, process_count=pc, batch_size_per_process=b
+    )
     if state is not None:
       it.set_state(state)
     return it, [next(it) for _ in range(n)]
@@ -255,8 +274,13 @@ def test_cli_exit_codes_and_verify(folder, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
 
   def run(*args):
-    return subprocess.run([sys.executable, "-m", "mpc_jax.main", "prepare", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+      [sys.executable, "-m", "mpc_jax.main", "prepare", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+    )
 
   r = run("--help")
   assert r.returncode == 0 and "arrayrecord" in r.stdout
@@ -307,7 +331,9 @@ def test_pack_a_public_layout_relative_paths_and_names(tmp_path):
   from fake_releases import make
 
   expected = make("nist16", tmp_path / "NC2016_Test0613")  # masks black = manipulated, listed in a CSV
-  man = prep.prepare([f"layout:nist16:{tmp_path / 'NC2016_Test0613'}"], tmp_path / "ar", workers=1, progress=False)
+  man = prep.prepare(
+    [f"layout:nist16:{tmp_path / 'NC2016_Test0613'}"], tmp_path / "ar", workers=1, progress=False
+  )
   assert man["sources"][0]["name"] == "NC2016_Test0613" and man["records"] == len(expected) == 2
   src = ArrayRecordSource(tmp_path / "ar")
   for i in range(len(src)):
@@ -327,8 +353,12 @@ def test_a_folder_without_masks_is_packed_as_authentic(tmp_path):
   man = prep.prepare([str(tmp_path / "au")], tmp_path / "ar", workers=1, progress=False)
   assert (man["records"], man["authentic"], man["forged"], man["bad"]) == (3, 3, 0, 1)
   recs = _stored_records(tmp_path / "ar")
-  assert sorted(r["path"] for r in recs) == ["a0.jpg", "a1.jpg", "a2.jpg"] and all(r["mask"] == b"" for r in recs)
-  with pytest.raises(FileNotFoundError, match="images/"):  # without --missing-mask authentic it stays an error
+  assert sorted(r["path"] for r in recs) == ["a0.jpg", "a1.jpg", "a2.jpg"] and all(
+    r["mask"] == b"" for r in recs
+  )
+  with pytest.raises(
+    FileNotFoundError, match="images/"
+  ):  # without --missing-mask authentic it stays an error
     prep.prepare([str(tmp_path / "au")], tmp_path / "ar2", workers=1, progress=False, missing_mask="bad")
 
 
@@ -336,9 +366,24 @@ def test_train_cli_takes_arrayrecord_sources_on_the_command_line(tmp_path):
   """`--config.data.sources='("arrayrecord:DIR",)'` is a valid override (a tuple field); a missing folder is
   then reported by name, in one line."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  r = subprocess.run([sys.executable, "-m", "mpc_jax.main", "train", "--config", str(ROOT / "configs" / "demo.py"),
-                      "--workdir", str(tmp_path / "w"), f"--config.data.sources=('arrayrecord:{tmp_path}/nowhere',)",
-                      "--config.stages=('stage2',)"], capture_output=True, text=True, env=env, timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mpc_jax.main",
+      "train",
+      "--config",
+      str(ROOT / "configs" / "demo.py"),
+      "--workdir",
+      str(tmp_path / "w"),
+      f"--config.data.sources=('arrayrecord:{tmp_path}/nowhere',)",
+      "--config.stages=('stage2',)",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert r.returncode == 1, r.stderr[-2000:]
   assert "arrayrecord folder not found" in r.stderr and "nowhere" in r.stderr
   assert "not supported for overriding" not in r.stderr

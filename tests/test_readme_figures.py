@@ -1,6 +1,7 @@
 """The README's figures are the results files': the generated parts of README.md (benchmark table,
 demo result) equal what `bench/readme_tables.py` makes of bench/results/*.json today, and every
 results file says when, at which commit, with which command and in which units it was measured."""
+
 import json
 import pathlib
 import re
@@ -20,14 +21,16 @@ def test_readme_figures_match_results_files():
   regenerated = readme_tables.render(text)
   if regenerated != text:
     import difflib
-    diff = "".join(difflib.unified_diff(text.splitlines(True), regenerated.splitlines(True), "README.md",
-                                        "regenerated"))
+
+    diff = "".join(
+      difflib.unified_diff(text.splitlines(True), regenerated.splitlines(True), "README.md", "regenerated")
+    )
     pytest.fail("README.md figures differ from bench/results (run python bench/readme_tables.py):\n" + diff)
 
 
 def test_readme_benchmark_memory_is_in_gib():
   text = readme_tables.README.read_text()
-  section = text[text.index("## Benchmarks"):]
+  section = text[text.index("## Benchmarks") :]
   end = section.find("\n## ")
   if end > 0:
     section = section[:end]

@@ -1,4 +1,5 @@
 """Training steps in-process on 8 simulated CPU devices: one compilation, determinism, freezing."""
+
 import jax
 import numpy as np
 import pytest
@@ -118,8 +119,9 @@ def test_stage2_leaves_backbone_weights_untouched(setup, backbone_mode):
   stats_after = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
   assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
   assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)
-  backbone_stats_same = all(np.array_equal(stats_before[k], stats_after[k])
-                            for k in stats_before if k.startswith("backbone/"))
+  backbone_stats_same = all(
+    np.array_equal(stats_before[k], stats_after[k]) for k in stats_before if k.startswith("backbone/")
+  )
   # Reference default: the frozen backbone still runs in train mode and updates running stats.
   assert backbone_stats_same == (backbone_mode == "eval")
   assert np.all(np.isfinite(losses))

@@ -2,6 +2,7 @@
 x 4 devices against 1 process x 8 devices. They share a persistent compilation cache. The driver
 signals itself at a fixed step (`--signal-at`), so nothing depends on the machine's speed; time
 limits come from `train_testlib.timeout_s`."""
+
 import json
 import os
 import pathlib
@@ -19,8 +20,16 @@ from train_testlib import timeout_s  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "train_driver.py"
 # Stage 1 only, 8 steps, checkpoints every 2: small and quick, still every mechanism.
-BASE = ["--set", "stages=('stage1',)", "--set", "stage1.num_steps=8", "--set", "stage1.checkpoint_every=2",
-        "--set", "export_models=False"]
+BASE = [
+  "--set",
+  "stages=('stage1',)",
+  "--set",
+  "stage1.num_steps=8",
+  "--set",
+  "stage1.checkpoint_every=2",
+  "--set",
+  "export_models=False",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +41,16 @@ def cache_dir(tmp_path_factory):
 
 
 def _cmd(workdir, out, cache_dir, *extra):
-  return [sys.executable, str(DRIVER), str(workdir), str(out), *BASE,
-          "--set", f"compilation_cache_dir={cache_dir!r}", *extra]
+  return [
+    sys.executable,
+    str(DRIVER),
+    str(workdir),
+    str(out),
+    *BASE,
+    "--set",
+    f"compilation_cache_dir={cache_dir!r}",
+    *extra,
+  ]
 
 
 def _env():
@@ -134,15 +151,42 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
   # with 1e-8 a rounding-level difference in a gradient that is ~0 (a bias before BatchNorm)
   # would become a sign flip, an lr-sized parameter difference. No validation (it would only
   # compile the k-means predictor).
-  extra = ["--set", "stage1.num_steps=3", "--set", "stage1.lr=1e-5", "--set", "stage1.adam_eps=1e-3",
-           "--set", "data.val_sources=()"]
+  extra = [
+    "--set",
+    "stage1.num_steps=3",
+    "--set",
+    "stage1.lr=1e-5",
+    "--set",
+    "stage1.adam_eps=1e-3",
+    "--set",
+    "data.val_sources=()",
+  ]
   one = tmp_path / "one.json"
   _run(_cmd(tmp_path / "w1", one, cache_dir, *extra))
   port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
-      _cmd(tmp_path / "w2", tmp_path / f"two_{i}.json", cache_dir, *extra, "--devices", "4",
-           "--process-id", str(i), "--num-processes", "2", "--coordinator", f"127.0.0.1:{port}"),
-      env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _cmd(
+        tmp_path / "w2",
+        tmp_path / f"two_{i}.json",
+        cache_dir,
+        *extra,
+        "--devices",
+        "4",
+        "--process-id",
+        str(i),
+        "--num-processes",
+        "2",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+      ),
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for p in procs:
     _, err = p.communicate(timeout=timeout_s(2 * RUN_S))
     assert p.returncode == 0, err[-3000:]
@@ -151,8 +195,10 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
     got = _load(tmp_path / f"two_{i}.json")
     got_params = _params(tmp_path / f"two_{i}.json")
     diffs = {k: float(np.abs(v - ref_params[k]).max()) for k, v in got_params.items()}
-    print(f"process {i}: losses {got['losses']} vs {ref['losses']}; largest parameter differences "
-          f"{sorted(diffs.items(), key=lambda kv: -kv[1])[:3]}")
+    print(
+      f"process {i}: losses {got['losses']} vs {ref['losses']}; largest parameter differences "
+      f"{sorted(diffs.items(), key=lambda kv: -kv[1])[:3]}"
+    )
     assert got["losses"].keys() == ref["losses"].keys() == {"1", "2", "3"}
     for k in ref["losses"]:
       np.testing.assert_allclose(got["losses"][k], ref["losses"][k], rtol=1e-5, err_msg=f"step {k}")

@@ -1,4 +1,5 @@
 """`validate.evaluate`, whose score picks `model_best`: known answers worked out by hand."""
+
 import numpy as np
 import pytest
 
@@ -19,8 +20,11 @@ class ListSource:
 
   def __getitem__(self, i):
     value, mask = self.records[i]
-    return {"image": np.full(mask.shape + (3,), value, np.uint8), "mask": mask.astype(np.uint8),
-            "path": f"img{i}"}
+    return {
+      "image": np.full(mask.shape + (3,), value, np.uint8),
+      "mask": mask.astype(np.uint8),
+      "path": f"img{i}",
+    }
 
 
 def _mask(h, w, forged_rows):
@@ -47,13 +51,21 @@ def test_evaluate_known_answer():
   # source b: authentic images only, nothing predicted: F1 = 0 and IoU = 1 (both empty) for each,
   # and with no forged image the set's means are over all its images
   b = ListSource([(0, _mask(12, 12, 0)), (0, _mask(9, 14, 0))])
-  scalars, samples = validate.evaluate(_predict, None, cfg, [("a", a), ("b", b)], batch_size=8,
-                                       mesh=mesh, num_images=2)
+  scalars, samples = validate.evaluate(
+    _predict, None, cfg, [("a", a), ("b", b)], batch_size=8, mesh=mesh, num_images=2
+  )
   f1_1, iou_1 = 2 * 180 / (2 * 180 + 420), 180 / 600
   want = {
-      "a/f1": (f1_1 + 0) / 2, "a/iou": (iou_1 + 0) / 2,
-      "a/f1_all": (f1_1 + 0 + 0) / 3, "a/iou_all": (iou_1 + 0 + 0) / 3, "a/num": 3,
-      "b/f1": 0.0, "b/iou": 1.0, "b/f1_all": 0.0, "b/iou_all": 1.0, "b/num": 2,
+    "a/f1": (f1_1 + 0) / 2,
+    "a/iou": (iou_1 + 0) / 2,
+    "a/f1_all": (f1_1 + 0 + 0) / 3,
+    "a/iou_all": (iou_1 + 0 + 0) / 3,
+    "a/num": 3,
+    "b/f1": 0.0,
+    "b/iou": 1.0,
+    "b/f1_all": 0.0,
+    "b/iou_all": 1.0,
+    "b/num": 2,
   }
   for k, v in want.items():
     assert scalars[k] == pytest.approx(v), k
@@ -63,4 +75,4 @@ def test_evaluate_known_answer():
   assert samples.shape == (2, S, 3 * S, 3)
   # the tile is image | ground truth | prediction: image 1 is white and predicted forged
   np.testing.assert_allclose(samples[0][:, :S], 1.0)
-  np.testing.assert_allclose(samples[0][:, 2 * S:], 1.0)
+  np.testing.assert_allclose(samples[0][:, 2 * S :], 1.0)

@@ -11,6 +11,7 @@ finished, the number of parameter arrays (and the parameters in `params_<OUT nam
 trainer's `on_step` hook right after step 3 of stage 1: the signal lands at that step whatever the
 machine's speed. With SIGTERM the trainer saves step 3 and stops; OUT_JSON is written as usual.
 """
+
 import argparse
 import ast
 import json
@@ -28,7 +29,9 @@ p.add_argument("--num-processes", type=int, default=1)
 p.add_argument("--coordinator", default="")
 p.add_argument("--set", action="append", default=[])
 args = p.parse_args()
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (
+  f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
+)
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +81,9 @@ def build_model(cfg):
 result = train.train_and_evaluate(config, args.workdir, build_model=build_model, on_step=on_step)
 out = {"result": result, "losses": losses}
 if "preempted" not in result:
-  params = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(models[0], nnx.Param))}
+  params = {
+    "/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(models[0], nnx.Param))
+  }
   out["num_params"] = len(params)
   # every process writes its own copy (OUT differs per process), so a test can check they agree
   np.savez(os.path.join(os.path.dirname(args.out), f"params_{os.path.basename(args.out)}.npz"), **params)

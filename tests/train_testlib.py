@@ -1,5 +1,6 @@
 """Shared by the tests: a training config small enough to compile and run in seconds on 2 cores, and
 the time limit of every subprocess a test starts."""
+
 import json
 import os
 
@@ -7,16 +8,44 @@ from mpc_jax.train_config import base_config
 
 # The smallest HRFormer of the reference's layout: one module per stage, one block per branch.
 TINY_HRFORMER = {
-    "DROP_PATH_RATE": 0.1,
-    "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "NUM_BLOCKS": [1], "NUM_CHANNELS": [8], "BLOCK": "BOTTLENECK"},
-    "STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "NUM_BLOCKS": [1, 1], "NUM_CHANNELS": [8, 16],
-               "NUM_HEADS": [1, 1], "NUM_MLP_RATIOS": [2, 2], "NUM_WINDOW_SIZES": [4, 4], "BLOCK": "TRANSFORMER_BLOCK"},
-    "STAGE3": {"NUM_MODULES": 1, "NUM_BRANCHES": 3, "NUM_BLOCKS": [1, 1, 1], "NUM_CHANNELS": [8, 16, 16],
-               "NUM_HEADS": [1, 1, 1], "NUM_MLP_RATIOS": [2, 2, 2], "NUM_WINDOW_SIZES": [4, 4, 4],
-               "BLOCK": "TRANSFORMER_BLOCK"},
-    "STAGE4": {"NUM_MODULES": 1, "NUM_BRANCHES": 4, "NUM_BLOCKS": [1, 1, 1, 1], "NUM_CHANNELS": [8, 16, 16, 16],
-               "NUM_HEADS": [1, 1, 1, 1], "NUM_MLP_RATIOS": [2, 2, 2, 2], "NUM_WINDOW_SIZES": [4, 4, 4, 4],
-               "BLOCK": "TRANSFORMER_BLOCK"},
+  "DROP_PATH_RATE": 0.1,
+  "STAGE1": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 1,
+    "NUM_BLOCKS": [1],
+    "NUM_CHANNELS": [8],
+    "BLOCK": "BOTTLENECK",
+  },
+  "STAGE2": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 2,
+    "NUM_BLOCKS": [1, 1],
+    "NUM_CHANNELS": [8, 16],
+    "NUM_HEADS": [1, 1],
+    "NUM_MLP_RATIOS": [2, 2],
+    "NUM_WINDOW_SIZES": [4, 4],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
+  "STAGE3": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 3,
+    "NUM_BLOCKS": [1, 1, 1],
+    "NUM_CHANNELS": [8, 16, 16],
+    "NUM_HEADS": [1, 1, 1],
+    "NUM_MLP_RATIOS": [2, 2, 2],
+    "NUM_WINDOW_SIZES": [4, 4, 4],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
+  "STAGE4": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 4,
+    "NUM_BLOCKS": [1, 1, 1, 1],
+    "NUM_CHANNELS": [8, 16, 16, 16],
+    "NUM_HEADS": [1, 1, 1, 1],
+    "NUM_MLP_RATIOS": [2, 2, 2, 2],
+    "NUM_WINDOW_SIZES": [4, 4, 4, 4],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
 }
 
 

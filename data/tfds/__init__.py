@@ -9,5 +9,18 @@ Test sets (split 'test'): columbia, dso1, casia_v1, nist16, coverage, korus, in_
 Training sets (split 'train'): casia_v2, tamp_coco, imd2020. Each module's docstring names the release
 and its folder layout (`mpc_jax.data.layouts` lists them; FF++ is not supported, see there).
 """
-BUILDERS = ("columbia", "dso1", "casia_v1", "nist16", "coverage", "korus", "in_the_wild", "cocoglide", "misd",
-            "casia_v2", "tamp_coco", "imd2020")
+
+BUILDERS = (
+  "columbia",
+  "dso1",
+  "casia_v1",
+  "nist16",
+  "coverage",
+  "korus",
+  "in_the_wild",
+  "cocoglide",
+  "misd",
+  "casia_v2",
+  "tamp_coco",
+  "imd2020",
+)

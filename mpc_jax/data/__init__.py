@@ -11,12 +11,13 @@ Main entry points:
   synthetic.SyntheticConfig / generate_example / SyntheticSource / write_dataset / cli_main
   arrayrecord.ArrayRecordSource(dir, name=None); layouts.layout_source(name, root)
 """
+
 import importlib
 
 _SUBMODULES = ("io", "sources", "config", "transforms", "pipeline", "synthetic", "arrayrecord", "layouts")
 
 
 def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

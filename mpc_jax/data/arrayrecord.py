@@ -15,6 +15,7 @@ Each record is a msgpack map (`msgpack.unpackb(record)` reads it without this pa
 (`sources.decode_encoded`, the same code as `read_image` / `read_mask`), so `arrayrecord:DIR` works
 wherever a spec does: training mixtures (same per-process sharding, same iterator checkpoints), eval.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ import numpy as np
 
 from mpc_jax.data.io import BadExampleError
 
-__all__ = ["MANIFEST", "RECORD_FIELDS", "encode_record", "decode_record", "load_manifest", "ArrayRecordSource",
-           "parse_spec"]
+__all__ = [
+  "MANIFEST",
+  "RECORD_FIELDS",
+  "encode_record",
+  "decode_record",
+  "load_manifest",
+  "ArrayRecordSource",
+  "parse_spec",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "mpc-jax-arrayrecord"
@@ -37,8 +45,9 @@ WRITER_OPTIONS = "group_size:1"  # one record per chunk: fast random access (wha
 
 def encode_record(image: bytes, mask: bytes, path: str, source: str) -> bytes:
   """One record (see the module docstring)."""
-  return msgpack.packb({"image": bytes(image), "mask": bytes(mask), "path": str(path), "source": str(source)},
-                       use_bin_type=True)
+  return msgpack.packb(
+    {"image": bytes(image), "mask": bytes(mask), "path": str(path), "source": str(source)}, use_bin_type=True
+  )
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
@@ -59,8 +68,10 @@ def load_manifest(directory) -> dict:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"arrayrecord folder not found: {directory}")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{directory}: no {MANIFEST} (not written by `mpc-jax prepare`, or the run did not "
-                            "finish: rerun it to resume)")
+    raise FileNotFoundError(
+      f"{directory}: no {MANIFEST} (not written by `mpc-jax prepare`, or the run did not "
+      "finish: rerun it to resume)"
+    )
   with open(path, encoding="utf-8") as f:
     try:
       man = json.load(f)
@@ -151,7 +162,12 @@ class ArrayRecordSource:
 
   def raw(self, index: int) -> dict[str, Any]:
     rec = self.record(index)
-    return {"image_bytes": rec["image"], "mask_bytes": rec["mask"], "path": rec["path"], "source": rec["source"]}
+    return {
+      "image_bytes": rec["image"],
+      "mask_bytes": rec["mask"],
+      "path": rec["path"],
+      "source": rec["source"],
+    }
 
   def load(self, index: int) -> dict[str, Any]:
     """Decode record `index`; raises `BadExampleError` whatever the policy."""

@@ -30,6 +30,7 @@ Not supported: FF++ (FaceForensics++) is a video dataset; its masks are per-fram
 at its sampling (not published with the paper) and the mask videos binarised per frame; once extracted
 to `images/` + `masks/` PNGs, any spec reads them (the suite's `ffpp` entry looks for that folder).
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,8 +55,14 @@ def find_dir(root: str, *names: str) -> str | None:
         cur = exact
         continue
       low = part.lower()
-      cur = next((os.path.join(cur, f) for f in sorted(os.listdir(cur))
-                  if f.lower() == low and os.path.isdir(os.path.join(cur, f))), None)
+      cur = next(
+        (
+          os.path.join(cur, f)
+          for f in sorted(os.listdir(cur))
+          if f.lower() == low and os.path.isdir(os.path.join(cur, f))
+        ),
+        None,
+      )
       if cur is None:
         break
     if cur is not None and os.path.isdir(cur):
@@ -123,8 +130,14 @@ def _dso1(root):
 
 def _casia_v1(root):
   base = find_dir(root, "CASIA 1.0 dataset") or root
-  gt = find_dir(root, "CASIA 1.0 groundtruth", "CASIA1.0 groundtruth", "CASIA 1.0 dataset/CASIA 1.0 groundtruth",
-                "groundtruth", "gt")
+  gt = find_dir(
+    root,
+    "CASIA 1.0 groundtruth",
+    "CASIA1.0 groundtruth",
+    "CASIA 1.0 dataset/CASIA 1.0 groundtruth",
+    "groundtruth",
+    "gt",
+  )
   if gt is None:
     return None
   pairs, errors = [], []
@@ -181,8 +194,11 @@ def _coverage(root):
 
 def _korus(root):
   base = find_dir(root, "data-images") or root
-  cams = [os.path.join(base, d) for d in sorted(os.listdir(base))
-          if find_dir(os.path.join(base, d), "tampered-realistic")]
+  cams = [
+    os.path.join(base, d)
+    for d in sorted(os.listdir(base))
+    if find_dir(os.path.join(base, d), "tampered-realistic")
+  ]
   if not cams:
     return None
   pairs, errors = [], []
@@ -204,6 +220,7 @@ def _two_dirs(images, masks, mode="binary"):
     if not (img and msk):
       return None
     return _match(img, msk, unmatched="authentic") + (mode,)
+
   return fn
 
 
@@ -214,7 +231,9 @@ def _tampcoco(root):
     if img and msk:
       found = True
       # CAT-Net's release: sp_images/A.jpg_B.jpg.jpg <-> sp_masks/A.png_B.png.png
-      p, e = _match(img, msk, unmatched="authentic", names=lambda f: (re.sub(r"\.jpe?g", ".png", f, flags=re.I),))
+      p, e = _match(
+        img, msk, unmatched="authentic", names=lambda f: (re.sub(r"\.jpe?g", ".png", f, flags=re.I),)
+      )
       pairs += p
       errors += e
   return (pairs, errors, "binary") if found else None
@@ -252,11 +271,18 @@ def _casia_v2(root):
 
 
 LAYOUTS = {
-    "columbia": _columbia, "dso1": _dso1, "casia_v1": _casia_v1, "nist16": _nist16, "coverage": _coverage,
-    "korus": _korus, "in_the_wild": _two_dirs(("images",), ("masks",)),
-    "cocoglide": _two_dirs(("fake", "CocoGlide/fake"), ("mask", "CocoGlide/mask")),
-    "misd": _two_dirs(("Sp",), ("GT", "Sp_GT", "Binary_masks", "Binary masks", "masks", "mask")),
-    "tampcoco": _tampcoco, "imd2020": _imd2020, "casia_v2": _casia_v2,
+  "columbia": _columbia,
+  "dso1": _dso1,
+  "casia_v1": _casia_v1,
+  "nist16": _nist16,
+  "coverage": _coverage,
+  "korus": _korus,
+  "in_the_wild": _two_dirs(("images",), ("masks",)),
+  "cocoglide": _two_dirs(("fake", "CocoGlide/fake"), ("mask", "CocoGlide/mask")),
+  "misd": _two_dirs(("Sp",), ("GT", "Sp_GT", "Binary_masks", "Binary masks", "masks", "mask")),
+  "tampcoco": _tampcoco,
+  "imd2020": _imd2020,
+  "casia_v2": _casia_v2,
 }
 
 
@@ -275,8 +301,9 @@ def layout_pairs(name: str, root) -> tuple[list[tuple[str, str | None]], str, li
   if found is None:
     generic = _generic(root)
     if generic is None:
-      doc = next((line[len(key) + 3:].strip() for line in __doc__.splitlines()
-                  if line.startswith(f"  {key} ")), "")
+      doc = next(
+        (line[len(key) + 3 :].strip() for line in __doc__.splitlines() if line.startswith(f"  {key} ")), ""
+      )
       raise FileNotFoundError(f"{root}: not the {name} layout ({doc}) nor images/ + masks/")
     found = generic + ("binary",)
   pairs, errors, mode = found
@@ -288,5 +315,11 @@ def layout_source(name: str, root, *, on_bad_example: str = "raise", check_files
   from mpc_jax.data.sources import PairSource
 
   pairs, mode, errors = layout_pairs(name, root)
-  return PairSource(pairs, on_bad_example=on_bad_example, check_files=check_files, name=f"{name}:{root}",
-                    missing=errors, mask_mode=mode)
+  return PairSource(
+    pairs,
+    on_bad_example=on_bad_example,
+    check_files=check_files,
+    name=f"{name}:{root}",
+    missing=errors,
+    mask_mode=mode,
+  )

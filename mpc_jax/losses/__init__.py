@@ -8,22 +8,23 @@
 * `sigmoid_focal_loss(logits, target, *, alpha=0.5, gamma=2.0)` -> scalar.
 * helpers: `downsample_mask_nearest`, `sample_indices`, `info_nce`, `l2_normalize`.
 """
+
 from mpc_jax.losses.contrast import (
-    info_nce,
-    l2_normalize,
-    multiview_pixel_contrast,
-    multiview_pixel_contrast_sharded,
+  info_nce,
+  l2_normalize,
+  multiview_pixel_contrast,
+  multiview_pixel_contrast_sharded,
 )
 from mpc_jax.losses.focal import sigmoid_focal_loss
 from mpc_jax.losses.sampling import downsample_mask_nearest, nearest_source_index, sample_indices
 
 __all__ = [
-    "downsample_mask_nearest",
-    "info_nce",
-    "l2_normalize",
-    "multiview_pixel_contrast",
-    "multiview_pixel_contrast_sharded",
-    "nearest_source_index",
-    "sample_indices",
-    "sigmoid_focal_loss",
+  "downsample_mask_nearest",
+  "info_nce",
+  "l2_normalize",
+  "multiview_pixel_contrast",
+  "multiview_pixel_contrast_sharded",
+  "nearest_source_index",
+  "sample_indices",
+  "sigmoid_focal_loss",
 ]

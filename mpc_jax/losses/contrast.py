@@ -45,6 +45,7 @@ How the training step calls it:
 or, inside your own `jax.shard_map`, pass `axis_name='data'` to `multiview_pixel_contrast`; the
 returned scalars are then already averaged over the global batch (`pmean`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,91 +61,91 @@ PARTS = ("total", "intra", "cross_scale", "cross_modality")
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """`x / max(||x||, eps)` on the last axis (as `F.normalize`); zero vectors stay zero, and the
-    gradient is finite everywhere."""
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+  """`x / max(||x||, eps)` on the last axis (as `F.normalize`); zero vectors stay zero, and the
+  gradient is finite everywhere."""
+  sq = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _negative_lse(q, n, n_ok, inv_t, chunk_size):
-    """`log sum_j exp(q . n_j / T)` over valid `j`, for every query: `[K]`.
+  """`log sum_j exp(q . n_j / T)` over valid `j`, for every query: `[K]`.
 
-    `q [K, C]`, `n [M, C]`, `n_ok [M]`. With `chunk_size` smaller than `M`, the negatives are
-    processed `chunk_size` at a time (padded with invalid rows) and each chunk's similarities are
-    recomputed in the backward pass, so at most `K x chunk_size` of them are alive.
-    A query with no valid negative gets about `-1e30`.
-    """
-    m = n.shape[0]
-    if m == 0:
-        return jnp.full(q.shape[:1], _NEG, q.dtype)
+  `q [K, C]`, `n [M, C]`, `n_ok [M]`. With `chunk_size` smaller than `M`, the negatives are
+  processed `chunk_size` at a time (padded with invalid rows) and each chunk's similarities are
+  recomputed in the backward pass, so at most `K x chunk_size` of them are alive.
+  A query with no valid negative gets about `-1e30`.
+  """
+  m = n.shape[0]
+  if m == 0:
+    return jnp.full(q.shape[:1], _NEG, q.dtype)
 
-    def block(n_blk, ok_blk):
-        s = jnp.einsum("kc,mc->km", q, n_blk) * inv_t
-        return jax.nn.logsumexp(jnp.where(ok_blk[None, :], s, _NEG), axis=1)
+  def block(n_blk, ok_blk):
+    s = jnp.einsum("kc,mc->km", q, n_blk) * inv_t
+    return jax.nn.logsumexp(jnp.where(ok_blk[None, :], s, _NEG), axis=1)
 
-    if chunk_size is None or m <= chunk_size:
-        return block(n, n_ok)
-    num_chunks = -(-m // chunk_size)
-    pad = num_chunks * chunk_size - m
-    n = jnp.pad(n, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, n.shape[-1])
-    n_ok = jnp.pad(n_ok, (0, pad)).reshape(num_chunks, chunk_size)
-    lses = jax.lax.map(jax.checkpoint(lambda args: block(*args)), (n, n_ok))  # [chunks, K]
-    return jax.nn.logsumexp(lses, axis=0)
+  if chunk_size is None or m <= chunk_size:
+    return block(n, n_ok)
+  num_chunks = -(-m // chunk_size)
+  pad = num_chunks * chunk_size - m
+  n = jnp.pad(n, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, n.shape[-1])
+  n_ok = jnp.pad(n_ok, (0, pad)).reshape(num_chunks, chunk_size)
+  lses = jax.lax.map(jax.checkpoint(lambda args: block(*args)), (n, n_ok))  # [chunks, K]
+  return jax.nn.logsumexp(lses, axis=0)
 
 
 def info_nce(q, q_ok, n, n_ok, *, temperature=0.1, chunk_size=1024, extra_lse=None):
-    """One InfoNCE term `L(Q, N)` of the reference (`MyInfoNCE` with query == positive key).
+  """One InfoNCE term `L(Q, N)` of the reference (`MyInfoNCE` with query == positive key).
 
-    Args:
-      q: `[K, C]` query embeddings (re-normalised here, as the reference does); `q_ok [K]` bool.
-      n: `[M, C]` negative embeddings (re-normalised here); `n_ok [M]` bool.
-      extra_lse: optional `[K]` log-sum-exp of more negative logits (already divided by T).
-    Returns:
-      scalar: mean over valid queries of `-log softmax([pos, q.n_1, ..., q.n_M] / T)[0]` with
-      `pos` = mean similarity to the other valid queries. 0 when fewer than 2 queries are valid.
-    """
-    inv_t = 1.0 / temperature
-    q = l2_normalize(q) * q_ok[:, None]
-    nq = jnp.sum(q_ok)
-    self_sim = jnp.sum(q * q, axis=-1)
-    pos = (q @ jnp.sum(q, axis=0) - self_sim) / jnp.maximum(nq - 1, 1) * inv_t  # [K]
-    lse = jnp.logaddexp(pos, _negative_lse(q, l2_normalize(n), n_ok, inv_t, chunk_size))
-    if extra_lse is not None:
-        lse = jnp.logaddexp(lse, extra_lse)
-    per_query = jnp.where(q_ok, lse - pos, 0.0)
-    return jnp.where(nq >= 2, jnp.sum(per_query) / jnp.maximum(nq, 1), 0.0)
+  Args:
+    q: `[K, C]` query embeddings (re-normalised here, as the reference does); `q_ok [K]` bool.
+    n: `[M, C]` negative embeddings (re-normalised here); `n_ok [M]` bool.
+    extra_lse: optional `[K]` log-sum-exp of more negative logits (already divided by T).
+  Returns:
+    scalar: mean over valid queries of `-log softmax([pos, q.n_1, ..., q.n_M] / T)[0]` with
+    `pos` = mean similarity to the other valid queries. 0 when fewer than 2 queries are valid.
+  """
+  inv_t = 1.0 / temperature
+  q = l2_normalize(q) * q_ok[:, None]
+  nq = jnp.sum(q_ok)
+  self_sim = jnp.sum(q * q, axis=-1)
+  pos = (q @ jnp.sum(q, axis=0) - self_sim) / jnp.maximum(nq - 1, 1) * inv_t  # [K]
+  lse = jnp.logaddexp(pos, _negative_lse(q, l2_normalize(n), n_ok, inv_t, chunk_size))
+  if extra_lse is not None:
+    lse = jnp.logaddexp(lse, extra_lse)
+  per_query = jnp.where(q_ok, lse - pos, 0.0)
+  return jnp.where(nq >= 2, jnp.sum(per_query) / jnp.maximum(nq, 1), 0.0)
 
 
 def _flat(x):
-    return x.reshape(-1, x.shape[-1])
+  return x.reshape(-1, x.shape[-1])
 
 
 def _image_sets(view_a, view_b, mask, key, num_samples, bank_per_image):
-    """Sample one image's pixel sets. Views: four `[h_s, w_s, C]` maps; mask `[H, W]`.
+  """Sample one image's pixel sets. Views: four `[h_s, w_s, C]` maps; mask `[H, W]`.
 
-    Returns a dict of `(embeddings [k, C], ok [k])` pairs: `q0a q0b n0a n0b qca nca bank`.
-    """
-    masks = [downsample_mask_nearest(mask, v.shape[:2]).reshape(-1) for v in view_a]
-    m0 = masks[0] >= 0.5
-    mc = jnp.concatenate(masks[1:]) >= 0.5
-    f0a, f0b = _flat(view_a[0]), _flat(view_b[0])
-    fca = jnp.concatenate([_flat(v) for v in view_a[1:]])
-    k_q0, k_n0, k_qc, k_nc, k_bank = jax.random.split(key, 5)
-    idx, ok = sample_indices(k_q0, ~m0, num_samples)
-    sets = {"q0a": (f0a[idx], ok), "q0b": (f0b[idx], ok)}
-    idx, ok = sample_indices(k_n0, m0, num_samples)
-    sets.update(n0a=(f0a[idx], ok), n0b=(f0b[idx], ok))
-    idx, ok = sample_indices(k_qc, ~mc, num_samples)
-    sets["qca"] = (fca[idx], ok)
-    idx, ok = sample_indices(k_nc, mc, num_samples)
-    sets["nca"] = (fca[idx], ok)
-    idx, ok = sample_indices(k_bank, m0, bank_per_image)
-    sets["bank"] = (f0a[idx], ok)
-    return sets
+  Returns a dict of `(embeddings [k, C], ok [k])` pairs: `q0a q0b n0a n0b qca nca bank`.
+  """
+  masks = [downsample_mask_nearest(mask, v.shape[:2]).reshape(-1) for v in view_a]
+  m0 = masks[0] >= 0.5
+  mc = jnp.concatenate(masks[1:]) >= 0.5
+  f0a, f0b = _flat(view_a[0]), _flat(view_b[0])
+  fca = jnp.concatenate([_flat(v) for v in view_a[1:]])
+  k_q0, k_n0, k_qc, k_nc, k_bank = jax.random.split(key, 5)
+  idx, ok = sample_indices(k_q0, ~m0, num_samples)
+  sets = {"q0a": (f0a[idx], ok), "q0b": (f0b[idx], ok)}
+  idx, ok = sample_indices(k_n0, m0, num_samples)
+  sets.update(n0a=(f0a[idx], ok), n0b=(f0b[idx], ok))
+  idx, ok = sample_indices(k_qc, ~mc, num_samples)
+  sets["qca"] = (fca[idx], ok)
+  idx, ok = sample_indices(k_nc, mc, num_samples)
+  sets["nca"] = (fca[idx], ok)
+  idx, ok = sample_indices(k_bank, m0, bank_per_image)
+  sets["bank"] = (f0a[idx], ok)
+  return sets
 
 
 def _pad_rows(x, rows):
-    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+  return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 # (query set, negative set) of the five InfoNCE terms: intra, cross_scale x2, cross_modality x2
@@ -152,125 +153,125 @@ _TERMS = (("q0a", "n0a"), ("q0a", "nca"), ("qca", "n0a"), ("q0a", "n0b"), ("q0b"
 
 
 def _image_terms(sets, image_id, bank, bank_ok, bank_ids, *, temperature, chunk_size):
-    """The three parts of one image. `bank [Nb, C]` with owner ids `bank_ids [Nb]` (or None).
+  """The three parts of one image. `bank [Nb, C]` with owner ids `bank_ids [Nb]` (or None).
 
-    The five terms run as one batch (sets padded to a common size with invalid rows), which
-    keeps the compiled program small; the global bank only enters the intra term.
-    """
-    k = max(sets[qn][1].shape[0] for qn, _ in _TERMS)
-    m = max(sets[nn][1].shape[0] for _, nn in _TERMS)
-    stack = lambda names, rows, i: jnp.stack([_pad_rows(sets[n][i], rows) for n in names])
-    qs, nsets = [t[0] for t in _TERMS], [t[1] for t in _TERMS]
-    q, q_ok, n, n_ok = stack(qs, k, 0), stack(qs, k, 1), stack(nsets, m, 0), stack(nsets, m, 1)
-    extra = None
-    if bank is not None:
-        q0 = l2_normalize(q[0]) * q_ok[0][:, None]
-        ok = bank_ok & (bank_ids != image_id)
-        lse0 = _negative_lse(q0, l2_normalize(bank), ok, 1.0 / temperature, chunk_size)
-        extra = jnp.full((len(_TERMS), k), _NEG, lse0.dtype).at[0].set(lse0)
-    nce = functools.partial(info_nce, temperature=temperature, chunk_size=chunk_size)
-    v = jax.vmap(nce)(q, q_ok, n, n_ok, extra_lse=extra)
-    return {"intra": v[0], "cross_scale": v[1] + v[2], "cross_modality": v[3] + v[4]}
+  The five terms run as one batch (sets padded to a common size with invalid rows), which
+  keeps the compiled program small; the global bank only enters the intra term.
+  """
+  k = max(sets[qn][1].shape[0] for qn, _ in _TERMS)
+  m = max(sets[nn][1].shape[0] for _, nn in _TERMS)
+  stack = lambda names, rows, i: jnp.stack([_pad_rows(sets[n][i], rows) for n in names])
+  qs, nsets = [t[0] for t in _TERMS], [t[1] for t in _TERMS]
+  q, q_ok, n, n_ok = stack(qs, k, 0), stack(qs, k, 1), stack(nsets, m, 0), stack(nsets, m, 1)
+  extra = None
+  if bank is not None:
+    q0 = l2_normalize(q[0]) * q_ok[0][:, None]
+    ok = bank_ok & (bank_ids != image_id)
+    lse0 = _negative_lse(q0, l2_normalize(bank), ok, 1.0 / temperature, chunk_size)
+    extra = jnp.full((len(_TERMS), k), _NEG, lse0.dtype).at[0].set(lse0)
+  nce = functools.partial(info_nce, temperature=temperature, chunk_size=chunk_size)
+  v = jax.vmap(nce)(q, q_ok, n, n_ok, extra_lse=extra)
+  return {"intra": v[0], "cross_scale": v[1] + v[2], "cross_modality": v[3] + v[4]}
 
 
 def multiview_pixel_contrast(
-    view_a: Sequence[jax.Array],
-    view_b: Sequence[jax.Array],
-    mask: jax.Array,
-    *,
-    key: jax.Array,
-    num_samples: int = 5000,
-    temperature: float = 0.1,
-    negatives: str = "image",
-    bank_per_image: int = 256,
-    chunk_size: int | None = 1024,
-    axis_name: str | None = None,
+  view_a: Sequence[jax.Array],
+  view_b: Sequence[jax.Array],
+  mask: jax.Array,
+  *,
+  key: jax.Array,
+  num_samples: int = 5000,
+  temperature: float = 0.1,
+  negatives: str = "image",
+  bank_per_image: int = 256,
+  chunk_size: int | None = 1024,
+  axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
-    """The stage-1 MPC loss of a batch (see the module docstring for the exact semantics).
+  """The stage-1 MPC loss of a batch (see the module docstring for the exact semantics).
 
-    Args:
-      view_a, view_b: four L2-normalised maps `[B, h_s, w_s, C]` each (scales 1, 1/2, 1/4, 1/8),
-        from two stochastic forward passes. Computation is in float32.
-      mask: `[B, h_0, w_0]`, 1 = forged, 0 = authentic; resized to each scale by nearest.
-      key: PRNG key; image `i` of the global batch samples with `fold_in(key, i)`.
-      num_samples: most members kept per pixel set (reference: 5000).
-      temperature: softmax temperature (reference: 0.1).
-      negatives: `'image'` (reference) or `'global'` (add forged pixels of the other images of the
-        global batch to each image's intra-term negatives).
-      bank_per_image: forged pixels each image puts in the global bank (`'global'` only).
-      chunk_size: negatives per log-sum-exp chunk; `None` computes the full `K x N` matrix.
-      axis_name: set when called inside `shard_map` over the batch axis: image ids are offset by
-        the device's position, the bank is all-gathered and the results are `pmean`-ed.
-    Returns:
-      dict of float32 scalars `total`, `intra`, `cross_scale`, `cross_modality`, each the mean
-      over the (global) batch of the per-image values.
-    """
-    if negatives not in ("image", "global"):
-        raise ValueError(f"negatives must be 'image' or 'global', got {negatives!r}")
-    if len(view_a) != 4 or len(view_b) != 4:
-        raise ValueError("view_a and view_b must each hold four scales")
-    view_a = [jnp.asarray(v, jnp.float32) for v in view_a]
-    view_b = [jnp.asarray(v, jnp.float32) for v in view_b]
-    mask = jnp.asarray(mask, jnp.float32)
-    batch = mask.shape[0]
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch
-    image_ids = offset + jnp.arange(batch)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(image_ids)
+  Args:
+    view_a, view_b: four L2-normalised maps `[B, h_s, w_s, C]` each (scales 1, 1/2, 1/4, 1/8),
+      from two stochastic forward passes. Computation is in float32.
+    mask: `[B, h_0, w_0]`, 1 = forged, 0 = authentic; resized to each scale by nearest.
+    key: PRNG key; image `i` of the global batch samples with `fold_in(key, i)`.
+    num_samples: most members kept per pixel set (reference: 5000).
+    temperature: softmax temperature (reference: 0.1).
+    negatives: `'image'` (reference) or `'global'` (add forged pixels of the other images of the
+      global batch to each image's intra-term negatives).
+    bank_per_image: forged pixels each image puts in the global bank (`'global'` only).
+    chunk_size: negatives per log-sum-exp chunk; `None` computes the full `K x N` matrix.
+    axis_name: set when called inside `shard_map` over the batch axis: image ids are offset by
+      the device's position, the bank is all-gathered and the results are `pmean`-ed.
+  Returns:
+    dict of float32 scalars `total`, `intra`, `cross_scale`, `cross_modality`, each the mean
+    over the (global) batch of the per-image values.
+  """
+  if negatives not in ("image", "global"):
+    raise ValueError(f"negatives must be 'image' or 'global', got {negatives!r}")
+  if len(view_a) != 4 or len(view_b) != 4:
+    raise ValueError("view_a and view_b must each hold four scales")
+  view_a = [jnp.asarray(v, jnp.float32) for v in view_a]
+  view_b = [jnp.asarray(v, jnp.float32) for v in view_b]
+  mask = jnp.asarray(mask, jnp.float32)
+  batch = mask.shape[0]
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch
+  image_ids = offset + jnp.arange(batch)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(image_ids)
 
-    sets = jax.vmap(
-        functools.partial(_image_sets, num_samples=num_samples, bank_per_image=bank_per_image)
-    )(view_a, view_b, mask, keys)
-    bank = bank_ok = bank_ids = None
-    if negatives == "global":
-        bank, bank_ok = sets["bank"]  # [B, m, C], [B, m]
-        bank_ids = jnp.broadcast_to(image_ids[:, None], bank_ok.shape)
-        if axis_name is not None:
-            gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
-            bank, bank_ok, bank_ids = gather(bank), gather(bank_ok), gather(bank_ids)
-        bank, bank_ok, bank_ids = _flat(bank), bank_ok.reshape(-1), bank_ids.reshape(-1)
-
-    terms = jax.vmap(
-        functools.partial(_image_terms, temperature=temperature, chunk_size=chunk_size),
-        in_axes=(0, 0, None, None, None),
-    )(sets, image_ids, bank, bank_ok, bank_ids)
-    out = {k: jnp.mean(v) for k, v in terms.items()}
+  sets = jax.vmap(functools.partial(_image_sets, num_samples=num_samples, bank_per_image=bank_per_image))(
+    view_a, view_b, mask, keys
+  )
+  bank = bank_ok = bank_ids = None
+  if negatives == "global":
+    bank, bank_ok = sets["bank"]  # [B, m, C], [B, m]
+    bank_ids = jnp.broadcast_to(image_ids[:, None], bank_ok.shape)
     if axis_name is not None:
-        out = jax.lax.pmean(out, axis_name)
-    out["total"] = out["intra"] + out["cross_scale"] + out["cross_modality"]
-    return {k: out[k] for k in PARTS}
+      gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+      bank, bank_ok, bank_ids = gather(bank), gather(bank_ok), gather(bank_ids)
+    bank, bank_ok, bank_ids = _flat(bank), bank_ok.reshape(-1), bank_ids.reshape(-1)
+
+  terms = jax.vmap(
+    functools.partial(_image_terms, temperature=temperature, chunk_size=chunk_size),
+    in_axes=(0, 0, None, None, None),
+  )(sets, image_ids, bank, bank_ok, bank_ids)
+  out = {k: jnp.mean(v) for k, v in terms.items()}
+  if axis_name is not None:
+    out = jax.lax.pmean(out, axis_name)
+  out["total"] = out["intra"] + out["cross_scale"] + out["cross_modality"]
+  return {k: out[k] for k in PARTS}
 
 
 def multiview_pixel_contrast_sharded(
-    view_a: Sequence[jax.Array],
-    view_b: Sequence[jax.Array],
-    mask: jax.Array,
-    *,
-    key: jax.Array,
-    mesh: jax.sharding.Mesh,
-    axis_name: str = "data",
-    **kwargs,
+  view_a: Sequence[jax.Array],
+  view_b: Sequence[jax.Array],
+  mask: jax.Array,
+  *,
+  key: jax.Array,
+  mesh: jax.sharding.Mesh,
+  axis_name: str = "data",
+  **kwargs,
 ) -> dict[str, jax.Array]:
-    """`multiview_pixel_contrast` with the batch split over `mesh`'s `axis_name` axis.
+  """`multiview_pixel_contrast` with the batch split over `mesh`'s `axis_name` axis.
 
-    Call it inside the jitted train step with the global batch (leading axis divisible by the
-    axis size). Runs `jax.shard_map` with the batch sharded and the key replicated; `kwargs` go to
-    `multiview_pixel_contrast` (e.g. `negatives='global'`, `num_samples`). Returns replicated
-    scalars equal to the one-device loss over the whole batch (same sampled pixels).
-    """
-    spec = jax.P(axis_name)
-    # place the inputs as the specs say (a no-op for a batch already sharded that way); needed for
-    # meshes with Explicit axes, where shard_map refuses inputs sharded differently
-    view_a, view_b, mask = jax.tree.map(
-        lambda x: jax.device_put(x, jax.NamedSharding(mesh, spec)),
-        (tuple(view_a), tuple(view_b), mask))
-    key = jax.device_put(key, jax.NamedSharding(mesh, jax.P()))
+  Call it inside the jitted train step with the global batch (leading axis divisible by the
+  axis size). Runs `jax.shard_map` with the batch sharded and the key replicated; `kwargs` go to
+  `multiview_pixel_contrast` (e.g. `negatives='global'`, `num_samples`). Returns replicated
+  scalars equal to the one-device loss over the whole batch (same sampled pixels).
+  """
+  spec = jax.P(axis_name)
+  # place the inputs as the specs say (a no-op for a batch already sharded that way); needed for
+  # meshes with Explicit axes, where shard_map refuses inputs sharded differently
+  view_a, view_b, mask = jax.tree.map(
+    lambda x: jax.device_put(x, jax.NamedSharding(mesh, spec)), (tuple(view_a), tuple(view_b), mask)
+  )
+  key = jax.device_put(key, jax.NamedSharding(mesh, jax.P()))
 
-    def local(a, b, m, k):
-        return multiview_pixel_contrast(a, b, m, key=k, axis_name=axis_name, **kwargs)
+  def local(a, b, m, k):
+    return multiview_pixel_contrast(a, b, m, key=k, axis_name=axis_name, **kwargs)
 
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=((spec,) * 4, (spec,) * 4, spec, jax.P()),
-        out_specs=jax.P(),
-    )(view_a, view_b, mask, key)
+  return jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=((spec,) * 4, (spec,) * 4, spec, jax.P()),
+    out_specs=jax.P(),
+  )(view_a, view_b, mask, key)

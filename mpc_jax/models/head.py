@@ -1,4 +1,5 @@
 """The localization head: BN + ReLU before each 1x1 conv on the fused 1024-channel map."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ from flax import nnx
 from mpc_jax.models.layers import Act, BatchNorm, Init, conv, run_sequence
 
 HEAD_WIDTHS = {
-    "catnet": (1024, 512, 256, 128, 1),          # MPC_CATNet_stage2_weights
-    "casiav2": (1024, 512, 256, 128, 64, 1),     # MPC_CASIAv2_stage2_weights
+  "catnet": (1024, 512, 256, 128, 1),  # MPC_CATNet_stage2_weights
+  "casiav2": (1024, 512, 256, 128, 64, 1),  # MPC_CASIAv2_stage2_weights
 }
 
 

@@ -8,6 +8,7 @@ conv MLP) joined by multi-resolution fusion. A 1x1 conv + BN + ReLU maps each br
 channels. `HRFormer(images [B, H, W, 3])` returns the four maps `[B, h_s, w_s, 256]` at 1/4, 1/8,
 1/16 and 1/32 of the input (ceil division at each stride-2 step), for any H and W.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,15 +19,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mpc_jax.models.layers import (Act, BatchNorm, DropPath, Identity, Init, LayerNorm, Linear,
-                                   UpsampleNearest, conv, resize_bilinear_align_corners, run_sequence)
+from mpc_jax.models.layers import (
+  Act,
+  BatchNorm,
+  DropPath,
+  Identity,
+  Init,
+  LayerNorm,
+  Linear,
+  UpsampleNearest,
+  conv,
+  resize_bilinear_align_corners,
+  run_sequence,
+)
 
 OUT_CHANNELS = 256
 
 
 def _stage(modules, blocks, channels, heads=None, mlp=None, windows=None, block="TRANSFORMER_BLOCK"):
-  cfg = {"NUM_MODULES": modules, "NUM_BRANCHES": len(channels), "NUM_BLOCKS": list(blocks),
-         "NUM_CHANNELS": list(channels), "BLOCK": block}
+  cfg = {
+    "NUM_MODULES": modules,
+    "NUM_BRANCHES": len(channels),
+    "NUM_BLOCKS": list(blocks),
+    "NUM_CHANNELS": list(channels),
+    "BLOCK": block,
+  }
   if heads is not None:
     cfg.update(NUM_HEADS=list(heads), NUM_MLP_RATIOS=list(mlp), NUM_WINDOW_SIZES=list(windows))
   return cfg
@@ -35,21 +52,21 @@ def _stage(modules, blocks, channels, heads=None, mlp=None, windows=None, block=
 def _preset(c, heads, s3_modules, blocks, window=7, stem_blocks=2, stem_channels=64, drop_path=0.2):
   """A yacs-layout config: branch channels `c` and heads (4 each), MLP ratio 4, one window size."""
   return {
-      "DROP_PATH_RATE": drop_path,
-      "STAGE1": _stage(1, [stem_blocks], [stem_channels], block="BOTTLENECK"),
-      "STAGE2": _stage(1, [blocks] * 2, c[:2], heads[:2], [4] * 2, [window] * 2),
-      "STAGE3": _stage(s3_modules, [blocks] * 3, c[:3], heads[:3], [4] * 3, [window] * 3),
-      "STAGE4": _stage(2, [blocks] * 4, c[:4], heads[:4], [4] * 4, [window] * 4),
+    "DROP_PATH_RATE": drop_path,
+    "STAGE1": _stage(1, [stem_blocks], [stem_channels], block="BOTTLENECK"),
+    "STAGE2": _stage(1, [blocks] * 2, c[:2], heads[:2], [4] * 2, [window] * 2),
+    "STAGE3": _stage(s3_modules, [blocks] * 3, c[:3], heads[:3], [4] * 3, [window] * 3),
+    "STAGE4": _stage(2, [blocks] * 4, c[:4], heads[:4], [4] * 4, [window] * 4),
   }
 
 
 HRFORMER_CONFIGS = {
-    "hrt_small": _preset([32, 64, 128, 256], [1, 2, 4, 8], 4, 2),
-    "hrt_base": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2),
-    "hrt_base_win13": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=13),
-    "hrt_base_win15": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=15),
-    # The configuration of `shared/fixtures/parity_tiny`: same code path, ~1.7 M parameters.
-    "hrt_tiny": _preset([16, 32, 64, 128], [1, 2, 4, 8], 1, 1, stem_blocks=1, stem_channels=16),
+  "hrt_small": _preset([32, 64, 128, 256], [1, 2, 4, 8], 4, 2),
+  "hrt_base": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2),
+  "hrt_base_win13": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=13),
+  "hrt_base_win15": _preset([78, 156, 312, 624], [2, 4, 8, 16], 4, 2, window=15),
+  # The configuration of `shared/fixtures/parity_tiny`: same code path, ~1.7 M parameters.
+  "hrt_tiny": _preset([16, 32, 64, 128], [1, 2, 4, 8], 1, 1, stem_blocks=1, stem_channels=16),
 }
 
 
@@ -93,13 +110,17 @@ def validate_hrformer_config(cfg: dict) -> None:
     if s["NUM_MODULES"] < 1 or min(s["NUM_BLOCKS"]) < 1:
       raise ValueError(f"hrformer_config.{name}: NUM_MODULES and NUM_BLOCKS must be >= 1")
     if max(s["NUM_BLOCKS"]) > s["NUM_BLOCKS"][0]:
-      raise ValueError(f"hrformer_config.{name}.NUM_BLOCKS: branch 0 must have the most blocks "
-                       "(the reference spaces drop-path rates by branch 0)")
+      raise ValueError(
+        f"hrformer_config.{name}.NUM_BLOCKS: branch 0 must have the most blocks "
+        "(the reference spaces drop-path rates by branch 0)"
+      )
 
 
 def _conv_bn(cin, cout, k, init, dtype, stride=1, pad=0, groups=1, relu=True, eps=1e-5, momentum=0.1):
-  layers = [conv(cin, cout, k, stride=stride, padding=pad, groups=groups, bias=False, dtype=dtype, init=init),
-            BatchNorm(cout, eps=eps, momentum=momentum)]
+  layers = [
+    conv(cin, cout, k, stride=stride, padding=pad, groups=groups, bias=False, dtype=dtype, init=init),
+    BatchNorm(cout, eps=eps, momentum=momentum),
+  ]
   if relu:
     layers.append(Act("relu"))
   return nnx.List(layers)
@@ -148,7 +169,7 @@ class WindowAttention(nnx.Module):
   def __call__(self, x):
     n, t, c = x.shape
     h, d = self.num_heads, c // self.num_heads
-    q = (self.q_proj(x) * (d ** -0.5)).reshape(n, t, h, d)
+    q = (self.q_proj(x) * (d**-0.5)).reshape(n, t, h, d)
     k = self.k_proj(x).reshape(n, t, h, d)
     v = self.v_proj(x).reshape(n, t, h, d)
     logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32)
@@ -178,7 +199,7 @@ class WindowAttentionBlock(nnx.Module):
     win = xp.reshape(b, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
     out = self.attn(win)
     out = out.reshape(b, hp // s, wp // s, s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
-    return out[:, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+    return out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
 
 
 class MlpDWBN(nnx.Module):
@@ -220,17 +241,33 @@ class HRModule(nnx.Module):
   def __init__(self, stage_cfg, drop_paths, *, init, dtype):
     ch = stage_cfg["NUM_CHANNELS"]
     nb = stage_cfg["NUM_BRANCHES"]
-    self.branches = nnx.List([
-        nnx.List([TransformerBlock(ch[i], stage_cfg["NUM_HEADS"][i], stage_cfg["NUM_WINDOW_SIZES"][i],
-                                   stage_cfg["NUM_MLP_RATIOS"][i], drop_paths[k], init=init, dtype=dtype)
-                  for k in range(stage_cfg["NUM_BLOCKS"][i])])
-        for i in range(nb)])
+    self.branches = nnx.List(
+      [
+        nnx.List(
+          [
+            TransformerBlock(
+              ch[i],
+              stage_cfg["NUM_HEADS"][i],
+              stage_cfg["NUM_WINDOW_SIZES"][i],
+              stage_cfg["NUM_MLP_RATIOS"][i],
+              drop_paths[k],
+              init=init,
+              dtype=dtype,
+            )
+            for k in range(stage_cfg["NUM_BLOCKS"][i])
+          ]
+        )
+        for i in range(nb)
+      ]
+    )
     fuse = []
     for i in range(nb if nb > 1 else 0):
       row = []
       for j in range(nb):
         if j > i:
-          row.append(nnx.List([*_conv_bn(ch[j], ch[i], 1, init, dtype, relu=False), UpsampleNearest(2 ** (j - i))]))
+          row.append(
+            nnx.List([*_conv_bn(ch[j], ch[i], 1, init, dtype, relu=False), UpsampleNearest(2 ** (j - i))])
+          )
         elif j == i:
           row.append(Identity())
         else:
@@ -238,8 +275,10 @@ class HRModule(nnx.Module):
           for k in range(i - j):
             last = k == i - j - 1
             cout = ch[i] if last else ch[j]
-            step = [*_conv_bn(ch[j], ch[j], 3, init, dtype, stride=2, pad=1, groups=ch[j], relu=False),
-                    *_conv_bn(ch[j], cout, 1, init, dtype, relu=not last)]
+            step = [
+              *_conv_bn(ch[j], ch[j], 3, init, dtype, stride=2, pad=1, groups=ch[j], relu=False),
+              *_conv_bn(ch[j], cout, 1, init, dtype, relu=not last),
+            ]
             steps.append(nnx.List(step))
           row.append(nnx.List(steps))
       fuse.append(nnx.List(row))
@@ -335,16 +374,29 @@ class HRFormer(nnx.Module):
     for n, name in enumerate(("STAGE2", "STAGE3", "STAGE4"), start=1):
       s = cfg[name]
       setattr(self, f"transition{n}", _transition(prev, s["NUM_CHANNELS"], init, dtype))
-      rates = dpr[start:start + depths[n - 1]]
+      rates = dpr[start : start + depths[n - 1]]
       start += depths[n - 1]
       nb0 = s["NUM_BLOCKS"][0]
-      setattr(self, f"stage{n + 1}", nnx.List([
-          HRModule(s, rates[nb0 * m: nb0 * (m + 1)], init=init, dtype=dtype) for m in range(s["NUM_MODULES"])]))
+      setattr(
+        self,
+        f"stage{n + 1}",
+        nnx.List(
+          [
+            HRModule(s, rates[nb0 * m : nb0 * (m + 1)], init=init, dtype=dtype)
+            for m in range(s["NUM_MODULES"])
+          ]
+        ),
+      )
       prev = list(s["NUM_CHANNELS"])
-    self.convs = nnx.List([
-        nnx.Dict(conv=conv(c, OUT_CHANNELS, 1, bias=False, dtype=dtype, init=init),
-                 bn=BatchNorm(OUT_CHANNELS, eps=1e-3, momentum=0.03))
-        for c in prev])
+    self.convs = nnx.List(
+      [
+        nnx.Dict(
+          conv=conv(c, OUT_CHANNELS, 1, bias=False, dtype=dtype, init=init),
+          bn=BatchNorm(OUT_CHANNELS, eps=1e-3, momentum=0.03),
+        )
+        for c in prev
+      ]
+    )
 
   def __call__(self, images):
     x = images.astype(self.dtype)
@@ -354,8 +406,11 @@ class HRFormer(nnx.Module):
     for block in self.layer1:
       x = call(block, x)
     ys = [x]
-    for transition, stage in ((self.transition1, self.stage2), (self.transition2, self.stage3),
-                              (self.transition3, self.stage4)):
+    for transition, stage in (
+      (self.transition1, self.stage2),
+      (self.transition2, self.stage3),
+      (self.transition3, self.stage4),
+    ):
       xs = [_run_transition(t, ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
       for module in stage:
         xs = call(module, xs)

@@ -5,6 +5,7 @@ Every stateful layer keeps the attribute names of its PyTorch twin (`kernel`/`bi
 reference's `nn.Sequential` indices (stateless entries hold the place of ReLU/Upsample), so
 `mpc_jax.convert` maps state-dict keys to parameter paths without a hand-written table.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,13 @@ def grouped_conv(x, kernel, stride: int, padding: int, groups: int = 1):
   """XLA's 2D convolution in NHWC/HWIO with PyTorch's symmetric zero padding: `x [B, H, W, cin]`,
   `kernel [kh, kw, cin / groups, cout]` -> `[B, H', W', cout]`."""
   return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    x,
+    kernel,
+    (stride, stride),
+    ((padding, padding), (padding, padding)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
 
 
 def use_shifted_depthwise(depthwise: str, deterministic: bool) -> bool:
@@ -112,8 +118,12 @@ class Conv(nnx.Module):
     kernel = self.kernel[...]
     if kernel.shape[:2] == (1, 1) and self.stride == 1 and p == 0 and self.groups == 1:
       y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype))
-    elif self.groups > 1 and kernel.shape[2] == 1 and kernel.shape[3] == self.groups and \
-        use_shifted_depthwise(self.depthwise, self.deterministic):
+    elif (
+      self.groups > 1
+      and kernel.shape[2] == 1
+      and kernel.shape[3] == self.groups
+      and use_shifted_depthwise(self.depthwise, self.deterministic)
+    ):
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
     else:
       y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p, self.groups)
@@ -124,7 +134,9 @@ class Conv(nnx.Module):
 
 def conv(cin, cout, kernel, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
   """Shorthand for `Conv` with PyTorch's positional order."""
-  return Conv(cin, cout, kernel, init=init, stride=stride, padding=padding, groups=groups, bias=bias, dtype=dtype)
+  return Conv(
+    cin, cout, kernel, init=init, stride=stride, padding=padding, groups=groups, bias=bias, dtype=dtype
+  )
 
 
 class Linear(nnx.Module):

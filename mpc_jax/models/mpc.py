@@ -1,4 +1,5 @@
 """The MPC model: HRFormer backbone + localization head on the fused multi-scale map."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -21,10 +22,19 @@ class MPC(nnx.Module):
   `images`: float32 `[B, H, W, 3]`, RGB in [0, 1] (no mean/std), any H and W.
   """
 
-  def __init__(self, hrformer_config=None, head: str = "catnet", *, init: Init,
-               dtype=jnp.float32, drop_path_rate=None, remat=False):
-    self.backbone = HRFormer(hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate,
-                             remat=remat)
+  def __init__(
+    self,
+    hrformer_config=None,
+    head: str = "catnet",
+    *,
+    init: Init,
+    dtype=jnp.float32,
+    drop_path_rate=None,
+    remat=False,
+  ):
+    self.backbone = HRFormer(
+      hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate, remat=remat
+    )
     self.head = LocalizationHead(head, init=init, dtype=dtype)
 
   def features(self, images):
@@ -39,8 +49,16 @@ class MPC(nnx.Module):
     return self.head(fuse(self.features(images)))
 
 
-def build_mpc(hrformer_config="hrt_base", head: str = "catnet", *, dtype=jnp.float32, seed: int = 0,
-              drop_path_rate=None, remat: bool = False, depthwise: str = "auto") -> MPC:
+def build_mpc(
+  hrformer_config="hrt_base",
+  head: str = "catnet",
+  *,
+  dtype=jnp.float32,
+  seed: int = 0,
+  drop_path_rate=None,
+  remat: bool = False,
+  depthwise: str = "auto",
+) -> MPC:
   """A randomly initialised MPC model (train mode). `dtype` is the compute dtype; params stay f32.
 
   `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
@@ -55,8 +73,9 @@ def build_mpc(hrformer_config="hrt_base", head: str = "catnet", *, dtype=jnp.flo
     if dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     dtype = jnp.dtype(dtype)
-  model = MPC(hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate,
-              remat=bool(remat))
+  model = MPC(
+    hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate, remat=bool(remat)
+  )
   model.set_attributes(depthwise=depthwise)
   return model
 

@@ -27,6 +27,7 @@ Writes `<name>.npz` (`state_dict/<key>`, `input_nchw`, `scale{0..3}_nchw`, `logi
 `<name>.json` (`hrformer_config`, `input_hw`, `small_input_hw`, `seed`, `params`, `torch`,
 `reference_commit`).
 """
+
 import argparse
 import json
 import pathlib
@@ -38,18 +39,44 @@ import numpy as np
 
 # The HRFormer config of parity_tiny: the HRT code path with fewer channels and modules.
 TINY_CONFIG = {
-    "DROP_PATH_RATE": 0.2,
-    "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "NUM_BLOCKS": [1], "NUM_CHANNELS": [16],
-               "BLOCK": "BOTTLENECK"},
-    "STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "NUM_BLOCKS": [1, 1], "NUM_CHANNELS": [16, 32],
-               "NUM_HEADS": [1, 2], "NUM_MLP_RATIOS": [4, 4], "NUM_WINDOW_SIZES": [7, 7],
-               "BLOCK": "TRANSFORMER_BLOCK"},
-    "STAGE3": {"NUM_MODULES": 1, "NUM_BRANCHES": 3, "NUM_BLOCKS": [1, 1, 1], "NUM_CHANNELS": [16, 32, 64],
-               "NUM_HEADS": [1, 2, 4], "NUM_MLP_RATIOS": [4, 4, 4], "NUM_WINDOW_SIZES": [7, 7, 7],
-               "BLOCK": "TRANSFORMER_BLOCK"},
-    "STAGE4": {"NUM_MODULES": 2, "NUM_BRANCHES": 4, "NUM_BLOCKS": [1, 1, 1, 1],
-               "NUM_CHANNELS": [16, 32, 64, 128], "NUM_HEADS": [1, 2, 4, 8], "NUM_MLP_RATIOS": [4, 4, 4, 4],
-               "NUM_WINDOW_SIZES": [7, 7, 7, 7], "BLOCK": "TRANSFORMER_BLOCK"},
+  "DROP_PATH_RATE": 0.2,
+  "STAGE1": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 1,
+    "NUM_BLOCKS": [1],
+    "NUM_CHANNELS": [16],
+    "BLOCK": "BOTTLENECK",
+  },
+  "STAGE2": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 2,
+    "NUM_BLOCKS": [1, 1],
+    "NUM_CHANNELS": [16, 32],
+    "NUM_HEADS": [1, 2],
+    "NUM_MLP_RATIOS": [4, 4],
+    "NUM_WINDOW_SIZES": [7, 7],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
+  "STAGE3": {
+    "NUM_MODULES": 1,
+    "NUM_BRANCHES": 3,
+    "NUM_BLOCKS": [1, 1, 1],
+    "NUM_CHANNELS": [16, 32, 64],
+    "NUM_HEADS": [1, 2, 4],
+    "NUM_MLP_RATIOS": [4, 4, 4],
+    "NUM_WINDOW_SIZES": [7, 7, 7],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
+  "STAGE4": {
+    "NUM_MODULES": 2,
+    "NUM_BRANCHES": 4,
+    "NUM_BLOCKS": [1, 1, 1, 1],
+    "NUM_CHANNELS": [16, 32, 64, 128],
+    "NUM_HEADS": [1, 2, 4, 8],
+    "NUM_MLP_RATIOS": [4, 4, 4, 4],
+    "NUM_WINDOW_SIZES": [7, 7, 7, 7],
+    "BLOCK": "TRANSFORMER_BLOCK",
+  },
 }
 
 
@@ -59,6 +86,7 @@ def import_reference(ref_root: pathlib.Path):
   if not (stage2 / "HRFormer" / "hrt_backbone.py").is_file():
     sys.exit(f"error: {stage2}/HRFormer/hrt_backbone.py not found; pass a checkout of multimediaFor/MPC")
   import torch
+
   try:
     import timm.models.layers  # noqa: F401
   except ImportError:
@@ -71,16 +99,20 @@ def import_reference(ref_root: pathlib.Path):
   sys.path.insert(0, str(stage2))
   from HRFormer import hrt_backbone
   from decoder_head import Decoder
+
   return torch, hrt_backbone, Decoder
 
 
 def build_model(torch, hrt_backbone, Decoder, config):
   """The stage-2 model (`encoder.*`, `decoder.*`) for `config`, with the output convs at its widths."""
   encoder = hrt_backbone.HighResolutionTransformer(config)
-  widths = [c * hrt_backbone.blocks_dict[config["STAGE4"]["BLOCK"]].expansion
-            for c in config["STAGE4"]["NUM_CHANNELS"]]
+  widths = [
+    c * hrt_backbone.blocks_dict[config["STAGE4"]["BLOCK"]].expansion
+    for c in config["STAGE4"]["NUM_CHANNELS"]
+  ]
   encoder.convs = torch.nn.ModuleList(
-      [hrt_backbone.ConvModule(in_channels=c, out_channels=256, kernel_size=(1, 1), stride=1) for c in widths])
+    [hrt_backbone.ConvModule(in_channels=c, out_channels=256, kernel_size=(1, 1), stride=1) for c in widths]
+  )
   model = torch.nn.Module()
   model.encoder = encoder
   model.decoder = Decoder()
@@ -122,8 +154,10 @@ def randomise(torch, model, seed):
 def run(torch, model, images_nchw):
   """Returns (scale0..3 after the 1x1 ConvModules, logits) as float32 NCHW numpy arrays."""
   captured = {}
-  hooks = [conv.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out))
-           for i, conv in enumerate(model.encoder.convs)]
+  hooks = [
+    conv.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out))
+    for i, conv in enumerate(model.encoder.convs)
+  ]
   with torch.no_grad():
     logits = model.decoder(model.encoder(torch.from_numpy(images_nchw)))
   for h in hooks:
@@ -140,11 +174,16 @@ def check_existing(torch, hrt_backbone, Decoder, npz_path):
   data = np.load(npz_path)
   meta = json.loads(npz_path.with_suffix(".json").read_text())
   model = build_model(torch, hrt_backbone, Decoder, meta["hrformer_config"]).eval()
-  sd = {k[len("state_dict/"):]: torch.from_numpy(np.array(data[k])) for k in data.files
-        if k.startswith("state_dict/")}
+  sd = {
+    k[len("state_dict/") :]: torch.from_numpy(np.array(data[k]))
+    for k in data.files
+    if k.startswith("state_dict/")
+  }
   model.load_state_dict(sd, strict=True)
   scales, logits = run(torch, model, data["input_nchw"])
-  errs = [rel_err(s, data[f"scale{i}_nchw"]) for i, s in enumerate(scales)] + [rel_err(logits, data["logits_nchw"])]
+  errs = [rel_err(s, data[f"scale{i}_nchw"]) for i, s in enumerate(scales)] + [
+    rel_err(logits, data["logits_nchw"])
+  ]
   print(f"check {npz_path.name}: relative errors scale0..3, logits = " + ", ".join(f"{e:.2e}" for e in errs))
   if max(errs) > 1e-6:
     sys.exit(f"error: the reference run does not reproduce {npz_path} (max relative error {max(errs):.2e})")
@@ -162,12 +201,23 @@ def main(argv=None):
   p.add_argument("--name", default="parity_odd")
   p.add_argument("--size", type=int, nargs=2, default=[150, 203], metavar=("H", "W"))
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--small-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                 help="also store a second, batch-1 case at this size (keys small_*)")
+  p.add_argument(
+    "--small-size",
+    type=int,
+    nargs=2,
+    default=None,
+    metavar=("H", "W"),
+    help="also store a second, batch-1 case at this size (keys small_*)",
+  )
   p.add_argument("--seed", type=int, default=1)
-  p.add_argument("--reference-commit", default=None,
-                 help="the reference's commit, when the checkout is not a git work tree")
-  p.add_argument("--check", type=pathlib.Path, default=None, help="an existing fixture .npz to reproduce first")
+  p.add_argument(
+    "--reference-commit",
+    default=None,
+    help="the reference's commit, when the checkout is not a git work tree",
+  )
+  p.add_argument(
+    "--check", type=pathlib.Path, default=None, help="an existing fixture .npz to reproduce first"
+  )
   args = p.parse_args(argv)
 
   torch, hrt_backbone, Decoder = import_reference(args.reference)
@@ -189,16 +239,19 @@ def main(argv=None):
     for i, s in enumerate(scales):
       arrays[f"{prefix}scale{i}_nchw"] = s
     arrays[f"{prefix}logits_nchw"] = logits
-    print(f"{prefix or 'main '}case {images.shape}: scales " + ", ".join(str(s.shape) for s in scales)
-          + f", logits {logits.shape}")
+    print(
+      f"{prefix or 'main '}case {images.shape}: scales "
+      + ", ".join(str(s.shape) for s in scales)
+      + f", logits {logits.shape}"
+    )
   meta = {
-      "hrformer_config": TINY_CONFIG,
-      "input_hw": list(args.size),
-      "small_input_hw": list(args.small_size) if args.small_size else None,
-      "seed": args.seed,
-      "params": int(sum(p.numel() for p in model.parameters())),
-      "torch": torch.__version__,
-      "reference_commit": args.reference_commit or reference_commit(args.reference),
+    "hrformer_config": TINY_CONFIG,
+    "input_hw": list(args.size),
+    "small_input_hw": list(args.small_size) if args.small_size else None,
+    "seed": args.seed,
+    "params": int(sum(p.numel() for p in model.parameters())),
+    "torch": torch.__version__,
+    "reference_commit": args.reference_commit or reference_commit(args.reference),
   }
   args.out.mkdir(parents=True, exist_ok=True)
   np.savez(args.out / f"{args.name}.npz", **arrays)

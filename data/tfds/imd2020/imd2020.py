@@ -9,15 +9,16 @@ Layout of the manual dir (also accepted: images/ + masks/, masks white = tampere
 Only the manipulated images are kept (the paper's lists). Features as every builder here
 (`data/common.py`): 'image_bytes' (the original file), 'mask_bytes' (binary PNG), 'path', 'kind'.
 """
+
 from data.common import LayoutBuilder
 
 _MANUAL = __doc__.split("Layout of the manual dir", 1)[1].split("Only the", 1)[0]
 
 
 class Imd2020(LayoutBuilder):
-    """IMD2020 (Novozamsky et al., WACV-W 2020), the 'real-life manipulated images' part: 2,010 forgeries."""
+  """IMD2020 (Novozamsky et al., WACV-W 2020), the 'real-life manipulated images' part: 2,010 forgeries."""
 
-    LAYOUT = "imd2020"
-    SPLIT = "train"
-    HOMEPAGE = "http://staff.utia.cas.cz/novozada/db/"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+  LAYOUT = "imd2020"
+  SPLIT = "train"
+  HOMEPAGE = "http://staff.utia.cas.cz/novozada/db/"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
