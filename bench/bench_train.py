@@ -117,8 +117,7 @@ def _compile(args, stage, size, remat, mesh):
   config = _config(args, size, remat)
   model = train.build_model(config)
   state, parts = train_state.create_state(model, config[stage], mesh)
-  make = steps.make_stage1_step if stage == "stage1" else steps.make_stage2_step
-  step = make(parts, config, mesh)
+  step = steps.make_step(stage, parts, config, mesh)
   batch = _batch(size, args.batch, mesh)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)

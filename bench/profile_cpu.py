@@ -202,7 +202,7 @@ def _stage1(args, size, mesh):
   c.stage1.batch_size = args.batch
   model = train.build_model(c)
   state, parts = train_state.create_state(model, c.stage1, mesh)
-  step = steps.make_stage1_step(parts, c, mesh)
+  step = steps.make_step("stage1", parts, c, mesh)
   rng = np.random.default_rng(0)
   mask = np.zeros((args.batch, size // 4, size // 4), np.float32)
   mask[:, : size // 8] = 1.0

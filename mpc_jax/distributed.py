@@ -62,18 +62,16 @@ def maybe_initialize(cfg) -> None:
 
   Empty / negative fields are left to JAX's auto-detection (SLURM, TPU pods, ...).
   """
-  if cfg is None or not cfg.get("enabled", False):
-    return
-  if jax.distributed.is_initialized():
+  if cfg is None or not cfg.enabled or jax.distributed.is_initialized():
     return
   kwargs = {}
-  if cfg.get("coordinator_address"):
+  if cfg.coordinator_address:
     kwargs["coordinator_address"] = cfg.coordinator_address
-  if cfg.get("num_processes", -1) >= 0:
+  if cfg.num_processes >= 0:
     kwargs["num_processes"] = cfg.num_processes
-  if cfg.get("process_id", -1) >= 0:
+  if cfg.process_id >= 0:
     kwargs["process_id"] = cfg.process_id
-  if cfg.get("local_device_ids"):
+  if cfg.local_device_ids:
     kwargs["local_device_ids"] = [int(i) for i in str(cfg.local_device_ids).split(",")]
   logging.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)

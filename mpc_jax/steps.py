@@ -48,10 +48,10 @@ def _features_fn(parts: Parts):
   return jax.jit(fn)
 
 
-def make_stage1_step(parts: Parts, config, mesh):
-  """Jitted `(state, batch) -> (state, metrics)` for the multi-view pixel contrast."""
-  lcfg = config.stage1.loss
-  loss_key = jax.random.key(rng_seeds(config)["loss"])
+def make_stage1_step(parts: Parts, lcfg, mesh, *, seed: int):
+  """Jitted `(state, batch) -> (state, metrics)` for the multi-view pixel contrast (`lcfg`:
+  `config.stage1.loss`; `seed`: the pixel sampling's, `rng_seeds(config)['loss']`)."""
+  loss_key = jax.random.key(seed)
   features = _features_fn(parts)
   kw = dict(
     num_samples=int(lcfg.num_samples), temperature=float(lcfg.temperature), chunk_size=int(lcfg.chunk_size)
@@ -86,9 +86,9 @@ def make_stage1_step(parts: Parts, config, mesh):
   return _jit_step(step, mesh)
 
 
-def make_stage2_step(parts: Parts, config, mesh):
-  """Jitted `(state, batch) -> (state, metrics)` for the focal loss on the head's logits."""
-  fcfg = config.stage2.loss
+def make_stage2_step(parts: Parts, fcfg, mesh):
+  """Jitted `(state, batch) -> (state, metrics)` for the focal loss on the head's logits (`fcfg`:
+  `config.stage2.loss`)."""
 
   def step(state: TrainState, batch):
     def loss_fn(params):
@@ -107,7 +107,9 @@ def make_stage2_step(parts: Parts, config, mesh):
 
 def make_step(stage: str, parts: Parts, config, mesh):
   """The step of `stage` ('stage1' or 'stage2'): the loop's default step factory."""
-  return {"stage1": make_stage1_step, "stage2": make_stage2_step}[stage](parts, config, mesh)
+  if stage == "stage1":
+    return make_stage1_step(parts, config.stage1.loss, mesh, seed=rng_seeds(config)["loss"])
+  return make_stage2_step(parts, config.stage2.loss, mesh)
 
 
 def _apply(parts, state, grads, rest, metrics):
@@ -128,7 +130,8 @@ def _jit_step(step, mesh):
 
 def make_predict_fn(parts: Parts, config, stage: str, mesh):
   """Jitted `(state, images [B, H, W, 3]) -> [B, H/4, W/4]` forgery probabilities (eval mode);
-  after stage 1, the k-means mask of the fused features (1 = the smaller, forged cluster)."""
+  after stage 1, the k-means mask of the fused features (1 = the smaller, forged cluster), with
+  `config.stage1.kmeans` and the `kmeans` seed."""
   rep, bat = distributed.replicated(mesh), distributed.batch_sharding(mesh)
   if stage == "stage1":
     kcfg = config.stage1.kmeans

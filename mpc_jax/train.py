@@ -32,7 +32,7 @@ from flax import nnx
 
 from mpc_jax import compile_cache, distributed, schedules, steps, validate
 from mpc_jax import train_state as ts
-from mpc_jax.train_config import export_dir, stage_data_config
+from mpc_jax.train_config import export_dir, hrformer_config, stage_data_config
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,9 @@ def build_model(config):
   from mpc_jax.models import build_mpc
 
   m = config.model
-  hrformer = json.loads(m.hrformer_json) if m.hrformer_json else m.hrformer
   dpr = float(m.drop_path_rate)
   return build_mpc(
-    hrformer,
+    hrformer_config(m),
     m.head,
     dtype=m.dtype,
     seed=steps.rng_seeds(config)["model"],

@@ -104,11 +104,12 @@ def use_saved_model_config(config) -> None:
   `config.model`'s, the saved one is used (it is what the weights fit), with a note."""
   from mpc_jax.checkpoint import read_model_config
   from mpc_jax.models import get_hrformer_config
+  from mpc_jax.train_config import hrformer_config
 
   m = config.model
-  ours = get_hrformer_config(json.loads(m.hrformer_json) if m.get("hrformer_json", "") else m.hrformer)
+  ours = get_hrformer_config(hrformer_config(m))
   for stage in config.stages:
-    init = config[stage].get("init_from", "")
+    init = config[stage].init_from
     if not init:
       continue
     try:
@@ -133,8 +134,8 @@ def summary(config, workdir: pathlib.Path, result: dict) -> str:
   models = [str(d) for d, _ in _exports(config, workdir) if d.is_dir()]
   if models:
     lines.append(f"  models       {', '.join(models)}")
-  result_file = workdir / config.get("result_file", "")
-  if config.get("result_file", "") and result_file.is_file():
+  result_file = workdir / config.result_file
+  if config.result_file and result_file.is_file():
     lines.append(f"  results      {result_file}")
   if (workdir / "samples").is_dir():
     lines.append(f"  samples      {workdir / 'samples'}/")

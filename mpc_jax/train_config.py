@@ -85,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def hrformer_config(model_config):
+  """`config.model`'s HRFormer: a preset name (`hrformer`) or, when `hrformer_json` is set, the
+  yacs-layout dict it holds as JSON (a string, so `--config.model.hrformer_json=...` can set it)."""
+  import json
+
+  return json.loads(model_config.hrformer_json) if model_config.hrformer_json else model_config.hrformer
+
+
 def stage_data_config(config, stage: str) -> ml_collections.ConfigDict:
   """`config.data` with `config.<stage>.data_overrides` applied: the data one stage trains on.
   `config` may be a ConfigDict or the dict of a run's `config.json`."""

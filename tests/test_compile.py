@@ -27,7 +27,7 @@ def _python_calls_to_lower_stage1_step(config) -> int:
   mesh = distributed.make_mesh()
   with jax.set_mesh(mesh):
     state, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
-    step = steps.make_stage1_step(parts, config, mesh)
+    step = steps.make_step("stage1", parts, config, mesh)
     rng = np.random.default_rng(0)
     mask = np.zeros((8, 8, 8), np.float32)
     mask[:, :4] = 1.0

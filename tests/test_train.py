@@ -51,7 +51,7 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
   with jax.set_mesh(mesh):
     batches = _batches(config, mesh, 3)
     state_a, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
-    step = steps.make_stage1_step(parts, config, mesh)
+    step = steps.make_step("stage1", parts, config, mesh)
     rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
     state_a, losses_a = _run(step, state_a, batches)
     # Same seed, same data: same losses (the step function is shared, so no second compile).
@@ -67,7 +67,7 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
 
 def _first_step(config, mesh, batch):
   state, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
-  state, m = steps.make_stage1_step(parts, config, mesh)(state, batch)
+  state, m = steps.make_step("stage1", parts, config, mesh)(state, batch)
   return state, {k: float(v) for k, v in m.items()}
 
 
@@ -112,7 +112,7 @@ def test_stage2_leaves_backbone_weights_untouched(setup, backbone_mode):
     head_before = _params(parts.unflatten(train_state.host_copy(state.params)))
     stats_before = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
     assert all(k.startswith("head/") for k in head_before) and not any(k.startswith("head/") for k in before)
-    step = steps.make_stage2_step(parts, config, mesh)
+    step = steps.make_step("stage2", parts, config, mesh)
     state, losses = _run(step, state, _batches(config, mesh, 2))
   after = _params(train_state.host_copy(state.frozen))
   head_after = _params(parts.unflatten(train_state.host_copy(state.params)))
