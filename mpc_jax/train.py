@@ -242,14 +242,15 @@ def train_stage(
 
 
 class _Progress:
-  """Logs mean step metrics every `log_every` steps: TensorBoard scalars and one console line
-  with steps/s and the ETA."""
+  """Logs mean step metrics every `log_every` steps: TensorBoard scalars (with `steps_per_sec`,
+  `examples_per_sec` and `uptime`, seconds since the stage started) and one console line with
+  steps/s and the ETA."""
 
   def __init__(self, config, stage, writer, start: int, num_devices: int):
     self.config, self.stage, self.writer, self.start = config, stage, writer, start
     self.num_steps, self.every = int(config[stage].num_steps), int(config[stage].log_every)
     self.batch_size = int(config[stage].batch_size)
-    self.pending, self.ran = [], False
+    self.pending, self.ran, self.t0 = [], False, time.time()
     self.restart_clock()
     if start >= self.num_steps:
       log.info("%s: already at step %d of %d", stage, start, self.num_steps)
@@ -278,7 +279,7 @@ class _Progress:
     )
     self.pending = []
     sps = (step - self.t_step) / max(time.time() - self.t, 1e-9)
-    mean.update(steps_per_sec=sps, examples_per_sec=sps * self.batch_size)
+    mean.update(steps_per_sec=sps, examples_per_sec=sps * self.batch_size, uptime=time.time() - self.t0)
     self.writer.write_scalars(step, {f"{self.stage}/{k}": v for k, v in mean.items()})
     eta = (self.num_steps - step) / max(sps, 1e-9)
     console(

@@ -11,10 +11,9 @@ never skip in a clone. Tests marked `parity` must not skip at all when
 import os
 import tempfile
 
-# LLVM's optimisation passes off: tiny programs run as correctly and compile about 1.4x faster.
-os.environ.setdefault(
-  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+from train_testlib import TEST_XLA_FLAGS  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib

@@ -213,6 +213,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_train_console_lines_once_and_summary(tmp_path):
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "tiny.py").write_text(TINY_TRAIN.format(tests=str(REPO / "tests")))

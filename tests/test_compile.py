@@ -8,6 +8,7 @@ import pstats
 
 import jax
 import numpy as np
+import pytest
 
 from mpc_jax import compile_cache, distributed, steps, train, train_state
 from train_testlib import TINY_HRFORMER, tiny_config
@@ -39,6 +40,7 @@ def _python_calls_to_lower_stage1_step(config) -> int:
   return pstats.Stats(profile).total_calls
 
 
+@pytest.mark.slow
 def test_tracing_work_grows_linearly_with_depth():
   """4, 8 and 16 stage-1 bottlenecks (three BatchNorms each): each doubling adds about twice the
   previous increment (linear, measured 2.0). With a single BatchNorm write indexed (`v[...] = x`,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from train_testlib import timeout_s
+from train_testlib import TEST_XLA_FLAGS, timeout_s
 from mpc_jax.checkpoint import load_model, save_model
 from mpc_jax.convert import from_torch_state_dict
 from mpc_jax.models import HRFORMER_CONFIGS, build_mpc, count_params, get_hrformer_config, output_size
@@ -226,11 +226,12 @@ _REMAT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_remat_gives_same_values_and_gradients_with_less_memory():
   """Per-module remat changes neither the loss, the gradients, nor the BatchNorm statistics and
   drop-path RNG state it leaves behind, and lowers XLA's temporary memory. Runs in a fresh
   process, where `keep_remat_barriers_on_cpu` can still set XLA_FLAGS (this one has its backends)."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS}
   out = subprocess.run(
     [sys.executable, "-c", _REMAT_SCRIPT, json.dumps(MICRO)],
     capture_output=True,

@@ -17,6 +17,11 @@ def _compiles():
   return sum(e == "/jax/core/compile/backend_compile_duration" for e in _EVENTS)
 
 
+# One worker runs this module (`--dist loadgroup`, set in pytest.ini), so the reference stage-1
+# step below is compiled once and shared by the tests that need it.
+pytestmark = pytest.mark.xdist_group("train_steps")
+
+
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config()
@@ -46,18 +51,30 @@ def _run(step_fn, state, batches):
   return state, losses
 
 
-def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
+@pytest.fixture(scope="module")
+def stage1_step(setup):
+  """The tiny config's jitted stage-1 step, its static parts and a fresh-state factory."""
   config, mesh = setup
   with jax.set_mesh(mesh):
-    batches = _batches(config, mesh, 3)
-    state_a, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
+    _, parts = train_state.create_state(train.build_model(config), config.stage1, mesh)
     step = steps.make_step("stage1", parts, config, mesh)
+
+  def fresh_state():
+    return train_state.create_state(train.build_model(config), config.stage1, mesh)[0]
+
+  return step, parts, fresh_state
+
+
+def test_stage1_compiles_once_is_deterministic_and_learns_state(setup, stage1_step):
+  config, mesh = setup
+  step, _, fresh_state = stage1_step
+  with jax.set_mesh(mesh):
+    state_a = fresh_state()
     rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
-    state_a, losses_a = _run(step, state_a, batches)
+    state_a, losses_a = _run(step, state_a, _batches(config, mesh, 3))
     # Same seed, same data: same losses (the step function is shared, so no second compile).
-    state_b, _ = train_state.create_state(train.build_model(config), config.stage1, mesh)
     before = _compiles()
-    _, losses_b = _run(step, state_b, _batches(config, mesh, 3))
+    _, losses_b = _run(step, fresh_state(), _batches(config, mesh, 3))
     assert _compiles() == before
   assert np.all(np.isfinite(losses_a)) and losses_a == losses_b
   assert int(state_a.step) == 3
@@ -71,34 +88,65 @@ def _first_step(config, mesh, batch):
   return state, {k: float(v) for k, v in m.items()}
 
 
-def test_stage1_global_negatives_bfloat16_and_remat_steps(setup):
-  """In the jitted step: 'global' negatives only add negatives to the intra term (so it grows and
-  the other terms stay), bfloat16 compute keeps float32 parameters and tracks the f32 loss, and
-  the rematerialised backbone gives the same loss parts and gradient norm."""
+@pytest.fixture(scope="module")
+def reference_first_step(setup, stage1_step):
+  """Metrics of the reference step on one batch: `(batch, {name: float})`."""
   config, mesh = setup
+  step, _, fresh_state = stage1_step
   with jax.set_mesh(mesh):
     batch = _batches(config, mesh, 1, seed=3)[0]
-    _, ref = _first_step(config, mesh, batch)
-    glob = config.copy_and_resolve_references()
-    glob.stage1.loss.negatives = "global"
-    glob.stage1.loss.bank_per_image = 16
+    _, m = step(fresh_state(), batch)
+  return batch, {k: float(v) for k, v in m.items()}
+
+
+def _variant(config, **changes):
+  c = config.copy_and_resolve_references()
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return c
+
+
+def test_stage1_global_negatives_only_add_intra_negatives(setup, reference_first_step):
+  """'global' negatives (shard_map, all-gathered bank) only add negatives to the intra term: it
+  grows and the other terms stay."""
+  config, mesh = setup
+  batch, ref = reference_first_step
+  glob = _variant(config, **{"stage1.loss.negatives": "global", "stage1.loss.bank_per_image": 16})
+  with jax.set_mesh(mesh):
     _, got = _first_step(glob, mesh, batch)
-    half = config.copy_and_resolve_references()
-    half.model.dtype = "bfloat16"
-    state_h, low = _first_step(half, mesh, batch)
-    remat = config.copy_and_resolve_references()
-    remat.model.remat = True
-    assert train.build_model(remat).backbone.remat
-    _, rem = _first_step(remat, mesh, batch)
-  for k in ("loss/total", "loss/intra", "loss/cross_scale", "loss/cross_modality", "grad_norm"):
-    np.testing.assert_allclose(rem[k], ref[k], rtol=1e-5)
   assert got["loss/intra"] > ref["loss/intra"] + 1e-3
   for k in ("loss/cross_scale", "loss/cross_modality"):
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
   assert np.isfinite(got["grad_norm"]) and got["grad_norm"] > 0
-  assert train_state.host_copy(state_h.params).dtype == np.float32
+
+
+@pytest.mark.slow
+def test_stage1_bfloat16_step_tracks_float32(setup, reference_first_step):
+  """bfloat16 compute keeps float32 parameters and tracks the float32 loss."""
+  config, mesh = setup
+  batch, ref = reference_first_step
+  with jax.set_mesh(mesh):
+    state, low = _first_step(_variant(config, **{"model.dtype": "bfloat16"}), mesh, batch)
+  assert train_state.host_copy(state.params).dtype == np.float32
   np.testing.assert_allclose(low["loss/total"], ref["loss/total"], rtol=0.05)
   assert np.isfinite(low["grad_norm"]) and low["grad_norm"] > 0
+
+
+@pytest.mark.slow
+def test_stage1_remat_step_equals_plain(setup, reference_first_step):
+  """The rematerialised backbone gives the same loss parts and gradient norm."""
+  config, mesh = setup
+  batch, ref = reference_first_step
+  remat = _variant(config, **{"model.remat": True})
+  assert train.build_model(remat).backbone.remat
+  with jax.set_mesh(mesh):
+    _, rem = _first_step(remat, mesh, batch)
+  for k in ("loss/total", "loss/intra", "loss/cross_scale", "loss/cross_modality", "grad_norm"):
+    np.testing.assert_allclose(rem[k], ref[k], rtol=1e-5)
 
 
 @pytest.mark.parametrize("backbone_mode", ["train", "eval"])

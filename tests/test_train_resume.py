@@ -19,7 +19,11 @@ from train_testlib import timeout_s  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "train_driver.py"
-# Stage 1 only, 8 steps, checkpoints every 2: small and quick, still every mechanism.
+# Stage 1 only, 8 steps, checkpoints every 2: small and quick, still every mechanism. Validation
+# every 2 steps with patience 0 halves the rate at every validation that does not improve the
+# score, so a resume that loses the schedule's state changes the losses after it. The rate and
+# Adam's eps are those of the 2-process test (see there), so every 1-process run here compiles
+# the same program and the shared cache serves all but the first.
 BASE = [
   "--set",
   "stages=('stage1',)",
@@ -28,8 +32,19 @@ BASE = [
   "--set",
   "stage1.checkpoint_every=2",
   "--set",
+  "stage1.eval_every=2",
+  "--set",
+  "stage1.schedule.patience=0",
+  "--set",
+  "stage1.lr=1e-5",
+  "--set",
+  "stage1.adam_eps=1e-3",
+  "--set",
   "export_models=False",
 ]
+# One worker runs this module (the runs share the reference and the compilation cache); each test
+# runs whole training processes.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_resume")]
 
 
 @pytest.fixture(scope="module")
@@ -146,21 +161,12 @@ def test_two_processes_match_one_process(tmp_path, cache_dir):
   # the lowest branch, BatchNorm over 8 values; lr 1e-5 already moves the loss from 13.9 to 10.2
   # in one step), so training amplifies rounding quickly: with lr 1e-3 the step-3 losses of two
   # runs that differ only in rounding (e.g. the rows of a batch permuted) differ by ~1%, with
-  # lr 1e-5 by ~1e-6 and the parameters by <= 3e-7 (updates are up to 3e-5). Hence lr 1e-5.
+  # lr 1e-5 by ~1e-6 and the parameters by <= 3e-7 (updates are up to 3e-5). Hence lr 1e-5 (BASE).
   # Adam's eps is 1e-3: its first update is lr * g / (|g| + eps), slope up to lr / eps in g, so
   # with 1e-8 a rounding-level difference in a gradient that is ~0 (a bias before BatchNorm)
   # would become a sign flip, an lr-sized parameter difference. No validation (it would only
   # compile the k-means predictor).
-  extra = [
-    "--set",
-    "stage1.num_steps=3",
-    "--set",
-    "stage1.lr=1e-5",
-    "--set",
-    "stage1.adam_eps=1e-3",
-    "--set",
-    "data.val_sources=()",
-  ]
+  extra = ["--set", "stage1.num_steps=3", "--set", "data.val_sources=()"]
   one = tmp_path / "one.json"
   _run(_cmd(tmp_path / "w1", one, cache_dir, *extra))
   port = portpicker.pick_unused_port()

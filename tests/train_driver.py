@@ -29,12 +29,12 @@ p.add_argument("--num-processes", type=int, default=1)
 p.add_argument("--coordinator", default="")
 p.add_argument("--set", action="append", default=[])
 args = p.parse_args()
-os.environ["XLA_FLAGS"] = (
-  f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
-)
-os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_testlib import TEST_XLA_FLAGS  # noqa: E402
+
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} {TEST_XLA_FLAGS}"
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import signal  # noqa: E402
 
