@@ -17,9 +17,8 @@ def _compiles():
   return sum(e == "/jax/core/compile/backend_compile_duration" for e in _EVENTS)
 
 
-# One worker runs this module (`--dist loadgroup`, set in pytest.ini), so the reference stage-1
+# One worker runs this module (`--dist loadfile`, set in pytest.ini), so the reference stage-1
 # step below is compiled once and shared by the tests that need it.
-pytestmark = pytest.mark.xdist_group("train_steps")
 
 
 @pytest.fixture(scope="module")

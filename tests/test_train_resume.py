@@ -42,9 +42,9 @@ BASE = [
   "--set",
   "export_models=False",
 ]
-# One worker runs this module (the runs share the reference and the compilation cache); each test
-# runs whole training processes.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_resume")]
+# One worker runs this module (`--dist loadfile`: the runs share the reference and the compilation
+# cache); each test runs whole training processes.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

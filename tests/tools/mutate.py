@@ -385,7 +385,7 @@ MUTANTS = (
     "mpc_jax/train_state.py",
     'return _from_saveable(restored["state"], template), restored["meta"]',
     'return template, restored["meta"]',
-    ("tests/test_train_resume.py",),
+    ("tests/test_train_state.py", "tests/test_train_resume.py"),
   ),
   M(
     "resume-ignores-schedule",
