@@ -25,6 +25,10 @@ from mpc_jax.losses import sigmoid_focal_loss
 from mpc_jax.train_state import Parts, TrainState, merge_model
 
 
+# The batch entries each stage's step reads; the loop sends nothing else to the devices.
+STEP_INPUTS = {"stage1": ("image", "image_view2", "mask"), "stage2": ("image", "mask")}
+
+
 def rng_seeds(config) -> dict[str, int]:
   """The named seeds of a run, all derived from `config.seed`: model init, the stage-1 loss's pixel
   sampling, k-means in stage-1 validation, and each stage's data order and augmentations."""

@@ -204,8 +204,9 @@ def train_stage(
   progress = _Progress(config, stage, writer, start=int(state.step), num_devices=mesh.devices.size)
   guard = distributed.PreemptionGuard()
   step, num_steps, preempted = int(state.step), int(scfg.num_steps), False
+  inputs = steps.STEP_INPUTS[stage]
   while step < num_steps and not preempted:
-    batch = distributed.global_batch(next(data_it), mesh)
+    batch = distributed.global_batch({k: v for k, v in next(data_it).items() if k in inputs}, mesh)
     if step == progress.start:
       # Compile before the first step (the call below reuses this executable), then wait for every
       # process: one that finished compiling first would sit in the step's first collective while

@@ -33,17 +33,8 @@ bank entry flows back to the device that produced it. Sampling keys are `fold_in
 image index)`, so a sharded run samples exactly what a one-device run over the concatenated
 batch samples.
 
-How the training step calls it:
-
-    # one device, or under jit with GSPMD sharding ('image' negatives only need no collective):
-    parts = multiview_pixel_contrast(view_a, view_b, mask, key=key)
-    # sharded global batch on a mesh with a 'data' axis (call inside the jitted step):
-    parts = multiview_pixel_contrast_sharded(view_a, view_b, mask, key=key, mesh=mesh,
-                                             negatives='global')
-    loss = parts['total']
-
-or, inside your own `jax.shard_map`, pass `axis_name='data'` to `multiview_pixel_contrast`; the
-returned scalars are then already averaged over the global batch (`pmean`).
+Callers: `multiview_pixel_contrast` (one device, or 'image' negatives under jit), or
+`multiview_pixel_contrast_sharded` inside a jitted step on a mesh with a 'data' axis.
 """
 
 from __future__ import annotations
