@@ -135,6 +135,20 @@ def fig_depthwise() -> str:
   )
 
 
+def fig_compile() -> str:
+  rows = load("compile_cpu.json")["rows"]
+  tiny = {r["options"]: r for r in rows if r["program"] == "tiny_stage1_step"}
+  fwd = {r["options"]: r for r in rows if r["program"] == "hrt_base_forward"}
+  d, t = tiny["default"], tiny["tests"]
+  return (
+    f"tests' tiny stage-1 step (8 devices): lower {d['lower_s']:.1f} s, compile {d['compile_s']:.0f} s with "
+    f"XLA's defaults, {t['compile_s']:.0f} s with the tests' options ({d['compile_s'] / t['compile_s']:.1f}x); "
+    f"HRT-base forward 1x512: compile {fwd['default']['compile_s']:.0f} s and {fwd['default']['median_s']:.2f} s "
+    f"per call with the defaults, {fwd['tests']['compile_s']:.0f} s and {fwd['tests']['median_s']:.2f} s with the "
+    f"tests' options (so only the tests use them)"
+  )
+
+
 def fig_train_tiny() -> str:
   rows = load("train_cpu_hrt_tiny_float32.json")["rows"]
   s1 = row(rows, stage="stage1", remat=False)
@@ -204,6 +218,12 @@ ROWS = [
     "depthwise_cpu.json",
     "",
     fig_depthwise,
+  ),
+  (
+    "compile time under XLA:CPU options, each in a fresh process and cache",
+    "compile_cpu.json",
+    "",
+    fig_compile,
   ),
   (
     "training step, hrt_tiny, batch 2, 64 px (code-path check)",

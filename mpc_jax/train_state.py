@@ -199,7 +199,21 @@ def save_checkpoint(mngr, state, data_iter, meta, metrics=None, force=False):
 def restore_checkpoint(mngr, step, template: TrainState, data_iter):
   """The state and `meta` saved at `step`; `data_iter` is restored in place."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
-  restored = mngr.restore(
+  try:
+    restored = _restore(mngr, step, abstract, data_iter)
+  except ValueError as e:
+    if "do not match" not in str(e) and "mismatch" not in str(e):
+      raise
+    raise ValueError(
+      f"the checkpoint {mngr.directory / str(step)} holds a train state of another layout (another model "
+      "config or an older mpc-jax) and cannot be resumed; train in a new --workdir, or delete "
+      f"{mngr.directory} to start this stage over"
+    ) from None
+  return _from_saveable(restored["state"], template), restored["meta"]
+
+
+def _restore(mngr, step, abstract, data_iter):
+  return mngr.restore(
     step,
     args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract),
@@ -207,7 +221,6 @@ def restore_checkpoint(mngr, step, template: TrainState, data_iter):
       meta=ocp.args.JsonRestore(),
     ),
   )
-  return _from_saveable(restored["state"], template), restored["meta"]
 
 
 def stage_started(stage_dir: pathlib.Path) -> bool:

@@ -72,3 +72,25 @@ def test_checkpoint_restores_state_meta_and_data_position(tmp_path):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert train_state.stage_started(tmp_path / "stage1") and not train_state.stage_started(tmp_path / "stage2")
+
+
+def test_checkpoint_of_another_layout_is_a_one_line_error(tmp_path):
+  """A workdir written with another model config (or an older train-state layout) does not resume
+  silently wrong or with orbax's tree dump: one message that names the checkpoint and the fix."""
+  import pytest
+
+  mesh = distributed.make_mesh()
+  scfg = stage_config("stage1")
+  scfg.async_checkpointing = False
+  data = grain.MapDataset.range(4).to_iter_dataset()
+  with jax.set_mesh(mesh):
+    state, _ = train_state.create_state(Small(), scfg, mesh)
+    mngr = train_state.make_checkpoint_manager(tmp_path / "checkpoints", scfg)
+    train_state.save_checkpoint(mngr, state, iter(data), {"stage": "stage1"}, force=True)
+    mngr.wait_until_finished()
+    other, _ = train_state.create_state(Small(), stage_config("stage2"), mesh)  # head only: other layout
+    with pytest.raises(
+      ValueError, match=r"checkpoints/0 holds a train state of another layout.*new --workdir"
+    ):
+      train_state.restore_checkpoint(mngr, 0, other, iter(data))
+    mngr.close()
