@@ -211,8 +211,13 @@ def train_stage(
       # Compile before the first step (the call below reuses this executable), then wait for every
       # process: one that finished compiling first would sit in the step's first collective while
       # the others compile, past its timeout (seen with gloo).
-      step_fn.lower(state, batch).compile()
+      t0 = time.time()
+      lowered = step_fn.lower(state, batch)
+      t1 = time.time()
+      lowered.compile()
+      console(config, f"{stage} step compiled: lower {t1 - t0:.1f} s, compile {time.time() - t1:.1f} s")
       distributed.barrier(f"{stage} step compiled")
+      progress.restart_clock()  # steps/s and the ETA count steps, not the compile
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, batch)
     step += 1
