@@ -5,6 +5,9 @@ Every field the trainer reads is here, with the paper's values; config files ove
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import ml_collections
 
 from mpc_jax.data.config import default_data_config
@@ -88,8 +91,6 @@ def base_config() -> ml_collections.ConfigDict:
 def hrformer_config(model_config):
   """`config.model`'s HRFormer: a preset name (`hrformer`) or, when `hrformer_json` is set, the
   yacs-layout dict it holds as JSON (a string, so `--config.model.hrformer_json=...` can set it)."""
-  import json
-
   return json.loads(model_config.hrformer_json) if model_config.hrformer_json else model_config.hrformer
 
 
@@ -106,7 +107,5 @@ def stage_data_config(config, stage: str) -> ml_collections.ConfigDict:
 def export_dir(config, workdir, stage: str):
   """Where `stage` writes its `model_best` / `model_latest`: the workdir for the last stage of
   `config.stages`, `WORKDIR/<stage>/` for earlier ones."""
-  import pathlib
-
   workdir = pathlib.Path(workdir)
   return workdir if list(config["stages"])[-1] == stage else workdir / stage

@@ -78,29 +78,19 @@ def evaluate(predict_fn, state, config_data, sources, *, batch_size: int, mesh, 
         if len(samples) < num_images and not f1s:
           samples.append(_tile(batch["image"][i], batch["mask_small"][i], prob[i]))
     rows = np.asarray(rows, np.float64).reshape(-1, 3)
+    # forged-weighted F1 and IoU sums, forged count, plain sums, image count: summed over processes
+    sums = np.array(
+      [
+        rows[:, 0] @ rows[:, 2],
+        rows[:, 1] @ rows[:, 2],
+        rows[:, 2].sum(),
+        rows[:, 0].sum(),
+        rows[:, 1].sum(),
+        len(rows),
+      ]
+    )
     if jax.process_count() > 1:
-      sums = np.array(
-        [
-          rows[:, 0] @ rows[:, 2],
-          rows[:, 1] @ rows[:, 2],
-          rows[:, 2].sum(),
-          rows[:, 0].sum(),
-          rows[:, 1].sum(),
-          len(rows),
-        ]
-      )
       sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 6).sum(0)
-    else:
-      sums = np.array(
-        [
-          rows[:, 0] @ rows[:, 2],
-          rows[:, 1] @ rows[:, 2],
-          rows[:, 2].sum(),
-          rows[:, 0].sum(),
-          rows[:, 1].sum(),
-          len(rows),
-        ]
-      )
     nf, n = max(sums[2], 1.0), max(sums[5], 1.0)
     f1, iou = (sums[0] / nf, sums[1] / nf) if sums[2] > 0 else (sums[3] / n, sums[4] / n)
     scalars.update(
