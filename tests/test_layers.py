@@ -51,6 +51,32 @@ def test_batchnorm_train_steps_and_eval_match_numpy(momentum, eps):
   np.testing.assert_allclose(np.asarray(bn.mean[...]), run_mean, rtol=1e-6)  # eval leaves them alone
 
 
+def test_batchnorm_gradient_equals_autodiff_of_the_formula():
+  """BatchNorm's hand-written gradient (`_moments`, `_normalize`) equals JAX's autodiff of the plain
+  formula, for x, scale and bias, including cotangents on the batch mean and variance."""
+  jnp = jax.numpy
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(2.0, 3.0, (2, 3, 4, 5)), jnp.float32)
+  scale, bias = (jnp.asarray(rng.normal(size=5), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  eps = 1e-3
+
+  def plain(x, scale, bias):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    y = (x - mean) / jnp.sqrt(var + eps) * scale + bias
+    return jnp.sum(y * w) + jnp.sum(jnp.sin(mean)) + jnp.sum(jnp.cos(var))
+
+  def ours(x, scale, bias):
+    mean, var = layers._moments(x)
+    y = layers._normalize(x, mean, var, scale, bias, eps)
+    return jnp.sum(y * w) + jnp.sum(jnp.sin(mean)) + jnp.sum(jnp.cos(var))
+
+  np.testing.assert_allclose(ours(x, scale, bias), plain(x, scale, bias), rtol=1e-6)
+  for got, want in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(plain, (0, 1, 2))(x, scale, bias)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
 def test_batchnorm_train_step_matches_torch():
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(1)

@@ -41,7 +41,9 @@ def rel_err(got, ref):
 
 @nnx.jit
 def _forward(model, images):
-  return model.features(images), model(images)
+  """`(four maps, logits)`: `model.features` and `model(images)` from one backbone pass."""
+  feats = model.features(images)
+  return feats, model.head(model.fuse(feats))
 
 
 def load_parity_fixture(fixtures_dir, name="parity_tiny"):
@@ -292,7 +294,7 @@ def test_depthwise_choice_is_the_models_and_auto_follows_backend_and_mode():
   for impl in ("shift", "xla"):
     model = build_mpc(MICRO, seed=0, depthwise=impl)
     model.eval()
-    outs[impl] = np.asarray(model(images))
+    outs[impl] = np.asarray(_forward(model, images)[1])
     assert (_grouped_convs(model, images) == 0) == (impl == "shift")
   np.testing.assert_allclose(outs["shift"], outs["xla"], rtol=1e-5, atol=1e-6)
   auto = build_mpc(MICRO, seed=0)

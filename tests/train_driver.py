@@ -1,4 +1,6 @@
-"""Runs `train.train_and_evaluate` on a tiny config in its own process (for the subprocess tests).
+"""Runs `train.train_and_evaluate` on a tiny config in its own process (for the subprocess tests),
+with `small_model.SmallBackbone` in place of the HRFormer: these tests are about the loop (resume,
+preemption, several processes), and the small model compiles in seconds.
 
     python tests/train_driver.py WORKDIR OUT_JSON [--signal-at STAGE:STEP [--signal TERM|KILL]]
         [--devices N] [--process-id I --num-processes P --coordinator HOST:PORT]
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from mpc_jax import train  # noqa: E402
+from small_model import build_small_model  # noqa: E402
 from train_testlib import tiny_config  # noqa: E402
 
 config = tiny_config()
@@ -74,7 +77,7 @@ models = []
 
 def build_model(cfg):
   """The trainer's model, kept to save its parameters afterwards."""
-  models.append(train.build_model(cfg))
+  models.append(build_small_model(cfg))
   return models[-1]
 
 

@@ -19,7 +19,9 @@ def fuse(features):
 class MPC(nnx.Module):
   """`features(images)` gives the backbone's four maps; `__call__(images)` the 1/4-res logits.
 
-  `images`: float32 `[B, H, W, 3]`, RGB in [0, 1] (no mean/std), any H and W.
+  `images`: float32 `[B, H, W, 3]`, RGB in [0, 1] (no mean/std), any H and W. `backbone`, when
+  given, replaces the HRFormer: any module mapping images to four 256-channel maps at 1/4 ... 1/32
+  (the training loop's tests use a small one that compiles in seconds).
   """
 
   def __init__(
@@ -31,10 +33,11 @@ class MPC(nnx.Module):
     dtype=jnp.float32,
     drop_path_rate=None,
     remat=False,
+    backbone: nnx.Module | None = None,
   ):
-    self.backbone = HRFormer(
-      hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate, remat=remat
-    )
+    if backbone is None:
+      backbone = HRFormer(hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate, remat=remat)
+    self.backbone = backbone
     self.head = LocalizationHead(head, init=init, dtype=dtype)
 
   def features(self, images):
