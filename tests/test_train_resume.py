@@ -21,10 +21,10 @@ from train_testlib import timeout_s  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "train_driver.py"
 # Stage 1 only, 8 steps, checkpoints every 2: small and quick, still every mechanism. Validation
-# every 2 steps with patience 0 halves the rate at every validation that does not improve the
-# score, so a resume that loses the schedule's state changes the losses after it. The rate and
-# Adam's eps are those of the 2-process test (see there), so every 1-process run here compiles
-# the same program and the shared cache serves all but the first.
+# every 2 steps steps a cosine schedule over 4 validations, so the rate changes at every validation
+# and a resume that loses the schedule's state trains with another rate after it. The rate and
+# Adam's eps are those of the 2-process test (see there), so every 1-process run here compiles the
+# same program and the shared cache serves all but the first.
 BASE = [
   "--set",
   "stages=('stage1',)",
@@ -35,7 +35,9 @@ BASE = [
   "--set",
   "stage1.eval_every=2",
   "--set",
-  "stage1.schedule.patience=0",
+  "stage1.schedule.kind='cosine'",
+  "--set",
+  "stage1.schedule.t_max=4",
   "--set",
   "stage1.lr=1e-5",
   "--set",
