@@ -17,7 +17,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VERSION = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from train_testlib import timeout_s  # noqa: E402
+from train_testlib import TINY_HRFORMER, timeout_s  # noqa: E402
 
 
 def cli(cwd, *args, timeout=1800):
@@ -57,15 +57,16 @@ def _win4(cfg):
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-  """A user's folder: two saved models (trained at 64 px: stage 2 and a stage-1 export), a 4x4-window
-  model with its PyTorch-keyed export, a dataset folder, a large photo, the repo's configs, an empty folder."""
+  """A user's folder: two saved models of the tests' tiny HRFormer (trained at 64 px: stage 2 and a
+  stage-1 export), an `hrt_tiny` with 4x4 windows and its PyTorch-keyed export, a dataset folder, a
+  large photo, the repo's configs, an empty folder."""
   from mpc_jax.checkpoint import save_model
   from mpc_jax.convert import export_npz, to_torch_state_dict
   from mpc_jax.data.synthetic import write_dataset
   from mpc_jax.models import HRFORMER_CONFIGS, build_mpc
 
   d = tmp_path_factory.mktemp("user")
-  tiny = build_mpc("hrt_tiny", seed=0)
+  tiny = build_mpc(TINY_HRFORMER, seed=0)
   save_model(tiny, d / "models" / "tiny", training={"input_size": 64, "stage": "stage2"})
   save_model(tiny, d / "models" / "s1", training={"input_size": 64, "stage": "stage1"})
   win4 = build_mpc(_win4(HRFORMER_CONFIGS["hrt_tiny"]), seed=1)

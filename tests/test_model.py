@@ -118,26 +118,26 @@ def test_any_input_size(hw):
 
 
 def test_drop_path_views_differ_in_train_mode_only():
-  model = build_mpc(MICRO, seed=0)
+  """Two consecutive train-mode passes (the stage-1 step's two views) draw different drop-path
+  masks from the advancing RNG stream; eval mode and rate 0 give equal passes."""
   images = jax.random.uniform(jax.random.key(1), (2, 40, 40, 3))
 
   @nnx.jit
-  def two_views(model, images):
-    return model.features(images)[0], model.features(images)[0]
+  def one_view(model, images):
+    return model.features(images)[0]
 
+  model = build_mpc(MICRO, seed=0)
   model.train()
-  a, b = two_views(model, images)
-  assert float(jnp.abs(a - b).max()) > 1e-3, "two stochastic passes must differ"
-  a2, _ = two_views(model, images)
-  assert float(jnp.abs(a2 - a).max()) > 1e-3, "the RNG stream advances between calls"
+  a, b, c = (one_view(model, images) for _ in range(3))
+  assert float(jnp.abs(a - b).max()) > 1e-3 and float(jnp.abs(b - c).max()) > 1e-3
   model.eval()
-  a, b = two_views(model, images)
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(one_view(model, images)), np.asarray(one_view(model, images)))
 
   no_drop = build_mpc(MICRO, seed=0, drop_path_rate=0.0)
   no_drop.train()
-  a, b = two_views(no_drop, images)
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(one_view(no_drop, images)), np.asarray(one_view(no_drop, images)), rtol=1e-6, atol=1e-6
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params():

@@ -305,8 +305,9 @@ def test_cli_exit_codes_and_verify(folder, tmp_path):
 
 
 def test_tiny_training_run_reads_arrayrecord_shards(tmp_path):
-  """A few training steps of the smallest model with `arrayrecord:` shards as the only source."""
+  """A few training steps (of the tests' small model) with `arrayrecord:` shards as the only source."""
   sys.path.insert(0, str(ROOT / "tests"))
+  from small_model import build_small_model
   from train_testlib import tiny_config
 
   from mpc_jax import train
@@ -320,7 +321,7 @@ def test_tiny_training_run_reads_arrayrecord_shards(tmp_path):
   config.stage2.num_steps = 2
   config.stage2.checkpoint_every = 2
   config.export_models = False
-  result = train.train_and_evaluate(config, str(tmp_path / "work"))
+  result = train.train_and_evaluate(config, str(tmp_path / "work"), build_model=build_small_model)
   assert "preempted" not in result
   assert (tmp_path / "work" / "stage2" / "checkpoints" / "2").is_dir()  # 2 steps ran and were saved
   saved = json.loads((tmp_path / "work" / "config.json").read_text())

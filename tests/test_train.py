@@ -1,7 +1,8 @@
 """Training steps in-process on 8 simulated CPU devices: one compilation, determinism, freezing.
 
-The first test runs the tiny HRFormer's stage-1 step; the others are about the steps' wiring
-(negatives, precision, freezing) and use `small_model.SmallBackbone`, which compiles in seconds.
+These are about the steps and their wiring (negatives, precision, freezing), so they use
+`small_model.SmallBackbone`, which compiles in seconds. The HRFormer's train-mode gradients, with
+its BatchNorm statistics and drop-path state, are checked in `test_model` (the remat test).
 """
 
 import jax
@@ -68,9 +69,8 @@ def _stage1_step(config, mesh, build_model):
 
 
 def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
-  """The tiny HRFormer's stage-1 step."""
   config, mesh = setup
-  step, fresh_state = _stage1_step(config, mesh, train.build_model)
+  step, fresh_state = _stage1_step(config, mesh, build_small_model)
   with jax.set_mesh(mesh):
     state_a = fresh_state()
     rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
