@@ -1,11 +1,12 @@
 """Forgery-localization metrics (numpy, vectorised), with the MPC reference's conventions.
 
 Per image (`prob` [H, W] in [0, 1] at the ground truth's size, `gt` [H, W] in {0, 1}): pixel F1 and IoU
-at a threshold (0.5), best-threshold F1 and pixel AUC from `bins`-bin score histograms, and an image score
-(max of `prob`; an image is forged iff its mask has a positive pixel). `Evaluator` accumulates images one
-at a time (memory O(bins), not O(pixels)) and aggregates over **forged** images and over **all** images.
-The paper's tables (`stage2/test.py` of the reference) are `forged['f1']` and `forged['iou']`: the mean
-over images of per-image F1 / IoU at 0.5, on test lists that hold manipulated images only.
+of `prob > threshold` (0.5; the reference's `prob * 255 > 127` differs only in (0.498, 0.5]), best-threshold
+F1 and pixel AUC from `bins`-bin score histograms, and an image score (max of `prob`; an image is forged iff
+its mask has a positive pixel). `Evaluator` accumulates images one at a time (memory O(bins), not
+O(pixels)) and aggregates over **forged** images and over **all** images. The paper's tables
+(`stage2/test.py` of the reference) are `forged['f1']` and `forged['iou']`: the mean over images of
+per-image F1 / IoU at 0.5, on test lists that hold manipulated images only.
 """
 
 from __future__ import annotations
