@@ -2,15 +2,11 @@
 
     python bench/bench_data.py [--num-images 32] [--examples 64] [--batch 8] [--repeats 3] [--name data]
 
-Per example, for both readers: read + decode the image and mask (512x512 synthetic forgeries, PNG files, or
-the same bytes packed into ArrayRecord shards), the reference augmentation chain with probability 0.75,
-resize to 512 / mask to 128; batches of 8. Rows: read + decode only (one thread), the full
-example in one Python thread (= examples/s per host core), and the grain pipeline (2 threads). Each row
-is the best of `--repeats` runs (other jobs on a shared machine only ever slow a run down).
-
-The table states how many host cores keep up with the training step rates in `bench/results`: the
-stage-1 / stage-2 images/s of HRT-base at 512 px (GPU rows where present, else the fastest CPU row),
-cores = ceil(step images/s / examples/s per core). Writes bench/results/<name>.json (provenance, units).
+Per example, for both readers: read + decode a 512x512 synthetic forgery (PNG files, or the same bytes in
+shards), the reference augmentation chain with probability 0.75, resize to 512 / mask to 128. Rows: read +
+decode only (one thread), the full example in one Python thread (= examples/s per host core) and the grain
+pipeline (2 threads), each the best of `--repeats` runs (other jobs only ever slow a run down), and how
+many host cores keep up with the training step rates (`step_rates`). Writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -32,7 +28,11 @@ from bench.common import RESULTS, report  # noqa: E402
 
 
 def step_rates() -> dict:
-  """{'stage1'|'stage2': (images/s, 'file: row')} of HRT-base at 512 px from the train results."""
+  """{'stage1'|'stage2': (images/s, 'file: row')} of HRT-base at 512 px from the train results.
+
+  GPU rows where present, else the fastest CPU row; the cores that keep up with a stage are
+  ceil(its images/s / examples/s per core).
+  """
   best = {}
   files = sorted(glob.glob(str(RESULTS / "train_*.json")))
   gpu = [f for f in files if "_gpu_" in os.path.basename(f)]

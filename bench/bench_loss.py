@@ -1,16 +1,11 @@
 """Benchmark of the stage-1 loss (forward + backward) on this machine's CPU.
 
-Batch of 4 images, scale-0 maps 128 x 128 (scales 64, 32, 16), 256 channels, half of every
-image forged (so every set has thousands of members), `num_samples` 1000 / 5000 / 10000,
-plain (`chunk_size=None`, full `K x N` similarity matrices) vs chunked (`chunk_size=1024`; at
-1000 samples every set fits in one chunk, so both modes compile the same program).
-
-Each configuration runs in its own subprocess so peak RSS is its own. Reported per config:
-compile time, run time (best of the timed runs), XLA's buffer estimate (`memory_analysis`: temp +
-arguments + outputs), the process's peak RSS, the matmul FLOPs executed, and the achieved FLOP rate
-as a fraction of a plain `[5000, 256] @ [256, 5000]` float32 matmul timed in the same run.
-
     python bench/bench_loss.py            # prints a table, writes bench/results/loss.json
+
+Plain (`chunk_size=None`, full `K x N` similarity matrices) against chunked (`chunk_size=1024`) at
+`num_samples` 1000 / 5000 / 10000 on the batch `_inputs` makes, each configuration in its own subprocess so
+peak RSS is its own. Per configuration (`run_one`): compile time, run time (best of the timed runs), XLA's
+buffer estimate, the process's peak RSS, the matmul FLOPs executed and the achieved FLOP rate.
 """
 
 import json
@@ -31,6 +26,9 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "loss.json"
 
 
 def _inputs():
+  """4 images, scale-0 maps 128 x 128 (scales 64, 32, 16), 256 channels, half of every image forged, so
+  every set has thousands of members (at 1000 samples every set fits in one chunk, so plain and chunked
+  compile the same program)."""
   import numpy as np
 
   rng = np.random.default_rng(0)
@@ -82,7 +80,11 @@ def _timed(fn):
 
 
 def run_one(k, chunked):
-  """One configuration (in its own process); prints a JSON line."""
+  """One configuration (in its own process); prints a JSON line.
+
+  XLA's buffer estimate is `memory_analysis()`'s temp + arguments + outputs; the FLOP rate is a fraction
+  of a plain `[5000, 256] @ [256, 5000]` float32 matmul timed in the same run (`_matmul_rate`).
+  """
   import resource
 
   import jax

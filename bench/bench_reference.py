@@ -3,12 +3,10 @@
   python bench/bench_reference.py --reference PATH/TO/MPC [--size 512] [--repeats 3]
                                   [--depthwise auto,xla] [--out NAME]
 
-PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC; its stage-2 model
-(`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head) runs in a subprocess with the
-`torch`, `yacs` and `einops` of this Python (`pip install torch yacs einops`), random weights,
-eval mode, `no_grad`, float32, batch 1. timm is given the two helpers the reference imports from it when it is not installed.
-Both sides report build, first call and median of `--repeats` calls; the mpc-jax side also lower
-and compile. Writes bench/results/NAME.json (default `reference_PLATFORM`).
+PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC, whose stage-2 model runs beside ours
+(`reference_forward`): random weights, eval mode, float32, batch 1. Both sides report build, first call
+and median of `--repeats` calls, mpc-jax also lower and compile. Writes bench/results/NAME.json (default
+`reference_PLATFORM`).
 """
 
 from __future__ import annotations
@@ -59,6 +57,9 @@ print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.med
 
 
 def reference_forward(root: str, size: int, repeats: int) -> dict:
+  """Times the reference's stage-2 model (`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head,
+  `no_grad`) in a subprocess with the `torch`, `yacs` and `einops` of this Python (`pip install torch yacs
+  einops`); timm is given the two helpers the reference imports from it when it is not installed."""
   proc = subprocess.run(
     [sys.executable, "-c", REFERENCE_SCRIPT, root, str(size), str(repeats)], capture_output=True, text=True
   )

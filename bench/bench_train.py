@@ -4,30 +4,10 @@
          [--stages stage1,stage2] [--memory-size 512] [--num-samples 5000] [--dtype float32]
          [--remat-sizes 512] [--depthwise xla] [--peak-tflops X] [--out NAME]
 
-For each stage and input size: the jitted step of `steps.make_stage1_step` / `make_stage2_step`
-(AdamW, the train state donated, batch sharded on a 1-axis `data` mesh over all devices) is
-compiled ahead of time (`lower(...).compile()`, timed), warmed up once, then run `--repeats` times;
-the table gives the median step time and images/s, XLA's FLOP count of the compiled step
-(`compiled.cost_analysis()`, where the backend reports one) and XLA's memory analysis of the
-compiled step per device (arguments + outputs - aliased (donated) + temporaries: the buffers XLA
-allocates, not the process RSS). On GPUs with a known peak (H100, H200, A100; or `--peak-tflops`)
-an MFU column gives XLA's FLOPs per second over the dense peak (bfloat16, or TF32 for float32).
-XLA counts a loop body once, so the stage-1 loss's chunk loop (`lax.map`) counts as one chunk: the
-FLOP and MFU columns are lower bounds (the loss runs 4 chunks of 1024 negatives at 256 px, 5 at 512).
-At `--memory-size` (512; 0 skips) the stage-1 step is also compiled, not run, with and without
-rematerialisation (`config.model.remat`: every stage-1 bottleneck and HRModule of the backbone
-under `nnx.remat`); stage 2 with the backbone frozen stores no backbone activations, so remat
-changes nothing there. On the CPU the bench keeps XLA's remat barriers
-(`distributed.keep_remat_barriers_on_cpu`, recorded in the JSON), without which XLA:CPU undoes every
-`jax.checkpoint`, the stage-1 loss's chunked log-sum-exp included. Timed stage-1
-rows at the `--remat-sizes` run rematerialised (sizes whose plain step does not fit in memory).
-Prints each row as it is measured, then a table, and writes bench/results/NAME.json (default name
-`train_PLATFORM_CONFIG_DTYPE`).
-
-`--depthwise` picks how depth-wise convolutions run (`config.model.depthwise`: 'xla', 'shift', 'auto').
-Stage-1 batches hold random images and half-forged masks (the loss samples `--num-samples` pixels
-per set, the reference's 5000); stage 2 trains the head only with the backbone frozen in train mode
-(the config's default, the paper's setting; `--stage2-trainable '.*'` trains everything).
+Per stage and input size, the jitted step (train state donated, batch sharded over all devices) is
+compiled ahead of time (timed), warmed up, then run `--repeats` times: median step time, images/s, XLA's
+FLOPs (`_flops`) and memory (`_memory`), MFU on known GPUs (`_peak_tflops`); `main` says how remat is
+measured. Prints each row as it is measured, then a table, and writes bench/results/NAME.json.
 """
 
 import argparse
@@ -63,6 +43,8 @@ def _config(args, size, remat):
 
 
 def _batch(size, batch, mesh):
+  """Random images and top-half-forged masks: every pixel set of the stage-1 loss is populated (it samples
+  `--num-samples` pixels per set, the reference's 5000)."""
   rng = np.random.default_rng(0)
   image = rng.random((batch, size, size, 3), np.float32)
   mask = np.zeros((batch, size // 4, size // 4), np.float32)
@@ -80,6 +62,8 @@ _PEAKS = {
 
 
 def _peak_tflops(dtype):
+  """This device's dense peak TFLOP/s for `dtype` (0: unknown, no MFU column). MFU is XLA's FLOPs per
+  second over this peak (bfloat16, or TF32 for float32)."""
   kind = jax.devices()[0].device_kind
   for name, peaks in _PEAKS.items():
     if name in kind:
@@ -88,6 +72,11 @@ def _peak_tflops(dtype):
 
 
 def _flops(compiled):
+  """XLA's FLOP count of the compiled step (`cost_analysis()`; None where the backend reports none).
+
+  XLA counts a loop body once, so the stage-1 loss's chunk loop (`lax.map`) counts as one chunk: the
+  FLOP and MFU columns are lower bounds (the loss runs 4 chunks of 1024 negatives at 256 px, 5 at 512).
+  """
   try:
     ca = compiled.cost_analysis()
   except Exception:  # noqa: BLE001 - not every backend reports costs
@@ -98,6 +87,8 @@ def _flops(compiled):
 
 
 def _memory(compiled):
+  """XLA's memory analysis of the compiled step per device: arguments + outputs - aliased (donated) +
+  temporaries, the buffers XLA allocates (not the process RSS)."""
   m = compiled.memory_analysis()
   if m is None:
     return {}
@@ -128,6 +119,13 @@ def _compile(args, stage, size, remat, mesh):
 
 
 def main():
+  """At `--memory-size` (0 skips) the stage-1 step is also compiled, not run, with and without
+  rematerialisation (`config.model.remat`: every stage-1 bottleneck and HRModule of the backbone under
+  `nnx.remat`); stage 2, with the backbone frozen, stores no backbone activations, so remat changes
+  nothing there. Timed stage-1 rows at `--remat-sizes` run rematerialised (sizes whose plain step does not
+  fit in memory). On the CPU the bench keeps XLA's remat barriers (`distributed.keep_remat_barriers_on_cpu`,
+  recorded in the JSON), without which XLA:CPU undoes every `jax.checkpoint`, the loss's chunked
+  log-sum-exp included."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="hrt_base", help="HRFormer preset (config.model.hrformer)")
   p.add_argument("--sizes", default="256,512", help="input sides, comma-separated")

@@ -3,14 +3,10 @@
   python bench/profile_cpu.py [--config hrt_base] [--size 512] [--step-size 256] [--batch 2]
                               [--what forward,stage1] [--depthwise auto] [--repeats 2] [--out NAME]
 
-For profiling only, each layer class's call is wrapped in a `jax.named_scope` naming its family
-(the loss and the optimizer update too). The program runs under `jax.profiler`, and every XLA
-kernel executed (a thunk of the CPU runtime, or a GPU kernel's HLO op) is attributed by the HLO
-instructions it holds: a kernel with a convolution counts as 'conv' ('depthwise conv' when its
-feature groups are > 1), any other kernel as the family of the innermost scope of most of its
-instructions. Kernel times are summed per family over `--repeats` calls and divided by the calls;
-kernels that run at the same time on different threads each count, so the sum can exceed the
-wall time (both are printed). Writes bench/results/NAME.json (default `profile_PLATFORM_CONFIG`).
+For profiling only, each layer family's calls (the loss and the optimizer update too) run under a
+`jax.named_scope` (`install_scopes`); the program runs under `jax.profiler`, every XLA kernel executed is
+attributed to a family (`kernel_family`), and kernel times are summed per family over `--repeats` calls
+and divided by the calls (`profile`). Writes bench/results/NAME.json (default `profile_PLATFORM_CONFIG`).
 """
 
 from __future__ import annotations
@@ -139,7 +135,12 @@ def _scope_family(op_name: str) -> str:
 
 
 def kernel_family(name: str, instructions: dict, computations: dict) -> str:
-  """The family of executed kernel `name` (an HLO instruction, usually a fusion)."""
+  """The family of executed kernel `name` (an HLO instruction, usually a fusion).
+
+  A kernel (a thunk of the CPU runtime, or a GPU kernel's HLO op) is attributed by the HLO instructions
+  it holds: one with a convolution counts as 'conv' ('depthwise conv' when its feature groups are > 1),
+  any other as the family of the innermost scope of most of its instructions.
+  """
   seen, stack, ops = set(), [name], []
   while stack:
     n = stack.pop()
@@ -166,7 +167,11 @@ def _conv_family(convs) -> str:
 
 
 def profile(fn, args, repeats: int, hlo_text: str) -> tuple[dict, float]:
-  """Runs `fn(*args)` `repeats` times under the profiler; returns (ms per call by family, wall s)."""
+  """Runs `fn(*args)` `repeats` times under the profiler; returns (ms per call by family, wall s).
+
+  Kernels that run at the same time on different threads each count, so the sum can exceed the wall
+  time (both are printed).
+  """
   instructions, computations = parse_hlo(hlo_text)
   with tempfile.TemporaryDirectory(prefix="mpc_jax_profile_") as tmp:
     jax.block_until_ready(fn(*args))

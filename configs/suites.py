@@ -4,7 +4,7 @@
     mpc-jax eval --checkpoint runs/catnet_s2/stage2/model_best --suite paper --data-root /data/forensics
     mpc-jax eval --checkpoint ... --suite configs/suites.py:paper_prepared --data-root /data/packed
 
-Entries (see `mpc_jax/suites.py`): 'name'; 'spec' (any data spec, `{root}` = --data-root) and/or 'dirs'
+Entries (see `mpc_jax.suites.resolve_suite`): 'name'; 'spec' (any data spec, `{root}` = --data-root) and/or 'dirs'
 (folder names tried under the data root) with an optional 'layout' (the public release's folder layout,
 `mpc_jax.data.layouts`), 'tfds' ('NAME:SPLIT' fallback) and 'n' (the paper's image count).
 """

@@ -1,32 +1,12 @@
 """`mpc-jax eval`: one checkpoint on several test sets, the reference's protocol, robustness sweeps.
 
-    mpc-jax eval --checkpoint DIR (--data SPEC [SPEC ...] | --suite paper [--data-root DIR]) [--out DIR]
-                 [--mode resize|native] [--size S] [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
-                 [--batch-size 4] [--bins 1000] [--limit N] [--skip-bad] [--save-masks]
-                 [--perturb all | jpeg,resize,blur,noise | 'jpeg:100,70,50;blur:3,7'] [--seed 0]
-
-SPEC: a folder with images/ and masks/, `IMAGES_DIR:MASKS_DIR`, a .txt/.csv/.npy list, an IMDL-BenCo .json,
-`tfds:NAME[:SPLIT]`, `arrayrecord:DIR[:NAME]`, `layout:NAME:ROOT` or `synthetic:N[:SEED[:SIZE]]`; `NAME=SPEC` names
-the row (default: the file/folder name).
-
-`--suite paper` evaluates every set of the paper's protocol found under `--data-root` (default `$MPC_JAX_DATA`,
-else `./data`): folder names, public-release layouts and TFDS fallbacks are listed in `mpc_jax/suites.py`;
-`--suite FILE.py[:NAME]` reads your own list (see `configs/suites.py`). It writes `suite_<name>.md/.json/.csv`, one
-table like the paper's (per-set F1 and IoU over manipulated images, and their mean); sets not found are named in a
-footnote.
-
-Protocol (`--mode`, alias `--protocol`; the same flags and defaults as `mpc-jax predict`): `resize` (default,
-the reference's `stage2/test.py`): the image is resized to the size the model was trained at (`--size`; from
-the model's `model_config.json`, 512 as in the paper when unknown; bilinear, uint8), the 1/4-res probability
-map is resized to the ground truth's size (bilinear), thresholded at 0.5, and F1 / IoU are computed per image
-and averaged (see `mpc_jax.metrics`). `native` runs the image at its own resolution (bucketed padding, tiles
-above `--tile`; see `mpc_jax.predict`).
-
-Writes to `--out`: `results.md`, `results.csv`, `results.json` (one row per dataset x perturbation x
-strength), `per_image/<run>.csv`, with `--save-masks` `masks/<run>/<stem>.png` (0/255 at the mask's
-size), and with `--perturb` `robustness_<dataset>.png` (F1 and AUC against strength).
-The paper's numbers are the `F1` / `IoU` columns over **forged** images (its test lists hold only
-manipulated images); the `all` columns add authentic images, where F1 is 0 by convention.
+Each `--data` SPEC (any data spec; `NAME=SPEC` names its row) or each set of a `--suite` (`mpc_jax.suites`)
+is run as `mpc-jax predict` runs images (the same `--mode`, `--size`, ... flags and defaults; by default
+resized to the model's training size, the reference's `stage2/test.py`) and scored per image against its
+mask at the mask's size (`mpc_jax.metrics`). The paper's numbers are the `F1` / `IoU` columns over
+**forged** images (its test lists hold only manipulated images); the `all` columns add authentic images,
+where F1 is 0 by convention. `--perturb` repeats each set under `mpc_jax.perturb`'s perturbations;
+`write_report` lists what is written to `--out`.
 """
 
 from __future__ import annotations
@@ -297,7 +277,13 @@ def markdown_table(results: Sequence[dict]) -> str:
 
 
 def write_report(results: Sequence[dict], out_dir: str, meta: dict | None = None) -> dict[str, str]:
-  """Writes results.md / .csv / .json, per_image/*.csv and robustness plots; returns their paths."""
+  """Writes the report under `out_dir`; returns the files' paths.
+
+  `results.md`, `results.csv`, `results.json` (one row per dataset x perturbation x strength),
+  `per_image/<dataset>__<run>.csv` and, for datasets run with perturbations, `robustness_<dataset>.png`
+  (F1 and AUC against strength). `evaluate(..., save_masks=True)` also writes
+  `masks/<dataset>/<run>/<stem>.png` (0/255, at the mask's size).
+  """
   os.makedirs(out_dir, exist_ok=True)
   meta = dict(meta or {})
   paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("md", "csv", "json")}

@@ -1,21 +1,12 @@
 """Forgery-localization metrics (numpy, vectorised), with the MPC reference's conventions.
 
-Per image (`prob` [H, W] float in [0, 1] at the ground truth's size, `gt` [H, W] in {0, 1}):
-
-* binary prediction: `prob > threshold` (threshold 0.5). The PyTorch reference thresholds `prob * 255 > 127`,
-  i.e. `prob > 0.498`; only pixels in (0.498, 0.5] differ.
-* pixel F1 = 2TP / (2TP + FP + FN); **0 when the mask and the prediction are both empty** (scikit-learn's
-  `f1_score(zero_division=0)`, which the reference calls). So an authentic image always scores F1 = 0.
-* IoU = TP / (TP + FP + FN); **1 when both are empty** (the reference's `metric_iou`).
-* best-threshold F1: F1 over the threshold grid `k / bins`, k = 0..bins (positive iff `prob >= k / bins`).
-* pixel AUC: ROC AUC of the pixel scores, from `bins`-bin histograms (ties inside a bin count 1/2): exactly
-  scikit-learn's `roc_auc_score` on scores quantised to the bins, within ~1/bins of it on raw scores.
-* image score = max of `prob`; an image is forged iff its mask has a positive pixel.
-
-`Evaluator` accumulates images one at a time (memory O(bins), not O(pixels)) and `summary()` aggregates over
-two subsets: **forged** images only and **all** images. The paper's tables (`stage2/test.py` of the
-reference) are `forged['f1']` and `forged['iou']`: the mean over images of per-image F1 / IoU at 0.5, on test
-lists that hold manipulated images only.
+Per image (`prob` [H, W] in [0, 1] at the ground truth's size, `gt` [H, W] in {0, 1}): pixel F1 and IoU
+of `prob > threshold` (0.5; the reference's `prob * 255 > 127` differs only in (0.498, 0.5]), best-threshold
+F1 and pixel AUC from `bins`-bin score histograms, and an image score (max of `prob`; an image is forged iff
+its mask has a positive pixel). `Evaluator` accumulates images one at a time (memory O(bins), not
+O(pixels)) and aggregates over **forged** images and over **all** images. The paper's tables
+(`stage2/test.py` of the reference) are `forged['f1']` and `forged['iou']`: the mean over images of
+per-image F1 / IoU at 0.5, on test lists that hold manipulated images only.
 """
 
 from __future__ import annotations
@@ -68,7 +59,12 @@ def iou_from_counts(tp, fp, fn) -> np.ndarray:
 
 
 def pixel_f1(prob, gt, threshold: float = 0.5) -> np.ndarray:
-  """Per-image F1 of `prob > threshold` against `gt`; [..., H, W] -> [...]. See the module docstring."""
+  """Per-image F1 of `prob > threshold` against `gt`; [..., H, W] -> [...].
+
+  F1 = 2TP / (2TP + FP + FN), **0 when the mask and the prediction are both empty** (scikit-learn's
+  `f1_score(zero_division=0)`, which the reference calls), so an authentic image always scores F1 = 0.
+  The reference thresholds `prob * 255 > 127`, i.e. `prob > 0.498`; only pixels in (0.498, 0.5] differ.
+  """
   c = confusion_counts(np.asarray(prob) > threshold, gt)
   return f1_from_counts(c[..., 0], c[..., 1], c[..., 2])
 
@@ -113,7 +109,10 @@ def f1_curve(pos, neg) -> np.ndarray:
 
 
 def auc_from_histograms(pos, neg) -> np.ndarray:
-  """ROC AUC [...] from score histograms; ties within a bin count 1/2; NaN where a class is absent."""
+  """ROC AUC [...] from score histograms; ties within a bin count 1/2; NaN where a class is absent.
+
+  Exactly scikit-learn's `roc_auc_score` on scores quantised to the bins, within ~1/bins of it on raw scores.
+  """
   pos = np.asarray(pos, np.float64)
   neg = np.asarray(neg, np.float64)
   p = pos.sum(-1)

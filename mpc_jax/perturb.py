@@ -1,17 +1,8 @@
 """Robustness perturbations applied to an input image (uint8 [H, W, 3] RGB) before prediction.
 
-Grids follow IMDL-BenCo's robustness test (`IMDLBenCo/training_scripts/test_robust.py`) so numbers compare:
-
-* `jpeg`   quality 100, 90, ..., 50 (cv2 encode/decode at exactly that quality; IMDL-BenCo draws from
-           [q - 1, q]).
-* `blur`   Gaussian kernel size 3, 7, ..., 23, sigma derived from the kernel as OpenCV does
-           (`cv2.GaussianBlur(ksize=(k, k), sigma=0)`, as albumentations' `GaussianBlur(blur_limit=(k, k))`).
-* `noise`  3, 7, ..., 23 = the **variance** in 8-bit units of additive per-pixel, per-channel Gaussian noise
-           (IMDL-BenCo passes the number as albumentations `GaussNoise(var_limit=(v, v))`, so sigma = sqrt(v)).
-* `noise_sigma` the same numbers read as the standard deviation (stronger), for the literal reading.
-* `resize` factor 1.0, 0.9, ..., 0.5 (bilinear downscale; the prediction is compared at the mask's size).
-
-Noise is seeded per image, so sweeps are reproducible.
+The grids (`GRIDS`) follow IMDL-BenCo's robustness test (`IMDLBenCo/training_scripts/test_robust.py`), so
+numbers compare with its tables: JPEG quality 100..50, resize factor 1.0..0.5, Gaussian blur kernel 3..23,
+Gaussian noise 3..23 (`apply` says how each is made). Noise is seeded per image, so sweeps are reproducible.
 """
 
 from __future__ import annotations
@@ -74,7 +65,15 @@ def gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) ->
 
 
 def apply(image: np.ndarray, kind: str, strength, seed: int = 0) -> np.ndarray:
-  """Apply perturbation `kind` at `strength` to uint8 [H, W, 3] `image`; `kind='none'` returns it unchanged."""
+  """Apply perturbation `kind` at `strength` to uint8 [H, W, 3] `image`; `kind='none'` returns it unchanged.
+
+  `jpeg`: cv2 encode/decode at exactly that quality (IMDL-BenCo draws from [q - 1, q]). `blur`: a k x k
+  Gaussian kernel, sigma derived from the kernel as OpenCV does (`cv2.GaussianBlur(ksize=(k, k), sigma=0)`,
+  as albumentations' `GaussianBlur(blur_limit=(k, k))`). `noise`: the **variance** in 8-bit units of
+  additive per-pixel, per-channel Gaussian noise (IMDL-BenCo passes the number as albumentations'
+  `GaussNoise(var_limit=(v, v))`, so sigma = sqrt(v)); `noise_sigma`: the same numbers read as the standard
+  deviation (stronger). `resize`: bilinear downscale (the prediction is compared at the mask's size).
+  """
   if kind in ("none", None):
     return image
   image = np.asarray(image, np.uint8)

@@ -1,31 +1,11 @@
 """Forgery maps for images of any size: `mpc-jax predict`, and `predict_arrays` / `predict_paths` for notebooks.
 
-    mpc-jax predict IMAGE_OR_DIR... --checkpoint DIR --out DIR [--mode resize|native] [--size S]
-                    [--tile 1024] [--overlap 128] [--large tile|downscale] [--threshold 0.5]
-                    [--batch-size 4] [--recursive] [--no-overlay]
-
-For each input: `<stem>_prob.png` (probability x 255, 8 bit, at the input's size), `<stem>_mask.png`
-(0/255: `prob > threshold`), `<stem>_overlay.jpg` (mask in red over the image); one line
-`path<TAB>score` on stdout (score = max of the map) and `scores.csv`. Unreadable files are reported on
-stderr by name, the others still processed; exit status 1 when any failed.
-
-How an image is run (`PredictConfig`; `mpc-jax eval` uses the same flags and defaults):
-* `mode='resize'` (default): the reference protocol, as the model was trained: resize to `size x size`
-  (bilinear, on uint8), predict, upsample the 1/4-res map to the input's size (bilinear). `size=None`
-  (default) is the input size the model was trained at (`training.input_size` in its
-  `model_config.json`, see `mpc_jax.checkpoint`), 512 (the paper's) when unknown. Any image size costs
-  one fixed-size forward pass.
-* `mode='native'`: at the input's own resolution. Each side is padded (reflect) up to a bucket
-  size (`BUCKETS`: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...; at most 1.5x) so a folder of mixed
-  sizes compiles a handful of programs. A side longer than `tile` is cut into `tile`-long windows with
-  >= `overlap` px of overlap at 32-px-aligned offsets, blended with a linear ramp at 1/4 resolution
-  (`large='tile'`), or the image is downscaled so its long side is `tile` (`large='downscale'`).
-Tiling is exact for a local model (tests: <= 1e-5); HRFormer's windowed attention sees less context in a
-tile, so tiled maps differ from untiled ones: on the random-init tiny model (logits scaled to unit spread,
-192 px image, 128 px tiles, 64 px overlap) mean |dp| ~0.07, max ~0.34, masks agree on ~85% of pixels
-(test tolerance: mean < 0.12, max < 0.5, agreement > 0.75). Larger tiles and overlaps reduce this.
-The 1/4-res map is upsampled with cv2 bilinear (half-pixel centres). Same-shape inputs/tiles are batched;
-batches are padded to a power of two <= `batch_size`, so each shape compiles at most log2(batch)+1 programs.
+Each input gives `<stem>_prob.png` (probability x 255, 8 bit, at the input's size), `<stem>_mask.png`
+(0/255: `prob > threshold`) and `<stem>_overlay.jpg` (mask in red over the image), one line
+`path<TAB>score` on stdout (score = max of the map) and a row of `scores.csv`. Unreadable files are
+reported on stderr by name and the others still processed; exit status 1 when any failed. By default an
+image is resized to the size the model was trained at, as in the paper, so any size costs one forward
+pass; `PredictConfig` says how images are run (`mpc-jax eval` uses the same flags and defaults).
 """
 
 from __future__ import annotations
@@ -53,7 +33,22 @@ BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 409
 
 @dataclasses.dataclass
 class PredictConfig:
-  """How images are fed to the model (see the module docstring)."""
+  """How images are fed to the model (`mpc-jax predict` and `eval` take these as flags).
+
+  `mode='resize'` (default): the reference protocol, as the model was trained: resize to `size x size`
+  (bilinear, on uint8), predict, upsample the 1/4-res map to the input's size. `size=None` is the input
+  size the model was trained at (`training.input_size` in its `model_config.json`, see
+  `mpc_jax.checkpoint`), 512 (the paper's) when unknown.
+  `mode='native'`: at the input's own resolution. Each side is padded (reflect) up to a bucket size
+  (`BUCKETS`, at most 1.5x), so a folder of mixed sizes compiles a handful of programs. A side longer
+  than `tile` is cut into `tile`-long windows with >= `overlap` px of overlap at 32-px-aligned offsets,
+  blended with a linear ramp at 1/4 resolution (`large='tile'`), or the image is downscaled so its long
+  side is `tile` (`large='downscale'`). Tiling is exact for a local model; HRFormer's windowed attention
+  sees less context in a tile, so tiled maps differ from untiled ones (tests/test_predict.py bounds the
+  difference); larger tiles and overlaps reduce this.
+  The 1/4-res map is upsampled with cv2 bilinear (half-pixel centres). Same-shape inputs/tiles are
+  batched, padded to a power of two <= `batch_size`, so each shape compiles at most log2(batch)+1 programs.
+  """
 
   mode: str = "resize"  # 'resize' | 'native'
   size: int | None = None  # resize mode: the square input size (None: the model's training size)

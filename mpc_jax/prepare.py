@@ -1,29 +1,13 @@
 """`mpc-jax prepare`: pack data sources into ArrayRecord shards (read back with `arrayrecord:DIR`).
 
-    mpc-jax prepare SPEC [SPEC ...] --out DIR [--shard-size 1024] [--workers N]
+    mpc-jax prepare [NAME=]SPEC [SPEC ...] --out DIR [--shard-size 1024] [--workers N]
                     [--missing-mask authentic|bad] [--overwrite] [--no-progress]
     mpc-jax prepare --verify DIR
 
-SPEC: anything `source_from_spec` reads (a folder with images/ + masks/, `IMAGES_DIR:MASKS_DIR`, a
-.txt/.csv/.npy list, an IMDL-BenCo .json, `tfds:NAME[:SPLIT]`, `arrayrecord:DIR`, `synthetic:N`);
-`NAME=SPEC` names the source (default: the folder / file name). A folder of images without masks
-(`DIR/*.jpg`, or `DIR/images/` and no `masks/`) is packed as authentic. Each source gets its own shards,
-`NAME-00000-of-000NN.array_record`, records in the source's order; `arrayrecord:DIR:NAME` reads one source
-(so a mixture can weight them), `arrayrecord:DIR` all of them.
-
-Records (see `mpc_jax.data.arrayrecord`): the original image bytes, the mask as a binary PNG (empty =
-authentic), the path relative to the source's root and the source name. Every example is decoded while
-packing (image, mask, sizes: the checks training would do); a bad file is named on stderr, listed in the
-manifest with its reason, counted in the summary, and skipped. With folders, an image without a mask is
-packed as authentic (`--missing-mask authentic`, the default; the count is in the summary) or reported as
-bad (`--missing-mask bad`).
-
-`manifest.json`: per source its spec, root, record / authentic / forged / bad counts, bytes, shards (file,
-records, bytes, sha256) and bad files; totals, and `checksum` = sha256 over the shards' `file sha256` lines.
-A shard is written to a temporary file, renamed when complete, then marked done
-(`<shard>.done.json`); a rerun of the same command skips done shards, so an interrupted run resumes.
-`--verify DIR` re-hashes every shard against the manifest. Exit status: 0 (bad files skipped are not an
-error), 1 on a failure, 2 on a usage error.
+On a pod or a remote disk, a million small files read at random are the bottleneck; a few large shards
+are not. Each source (anything `source_from_spec` reads) gets its own shards, in its order, so
+`arrayrecord:DIR:NAME` can weight it in a mixture. Every example is decoded while packing; bad files are
+named, listed in `manifest.json` and skipped (exit status 0). A rerun of the same command resumes.
 """
 
 from __future__ import annotations
@@ -255,8 +239,14 @@ def prepare(
   overwrite: bool = False,
   progress: bool = True,
 ) -> dict:
-  """Pack `specs` into ArrayRecord shards under `out_dir`; returns the manifest (see the module doc).
+  """Pack `specs` into ArrayRecord shards under `out_dir`; returns the manifest.
 
+  Records: see `mpc_jax.data.arrayrecord.encode_record`. `manifest.json`: per source its spec, root,
+  record / authentic / forged / bad counts, bytes, shards (file, records, bytes, sha256) and bad files
+  with their reasons; totals, and `checksum` = sha256 over the shards' `file sha256` lines (`verify`
+  re-hashes the shards against it). A shard is written to a temporary file, renamed when complete, then
+  marked done (`<shard>.done.json`). With folders, an image without a mask is packed as authentic
+  (`missing_mask='authentic'`; counted in the manifest) or reported as bad (`'bad'`).
   `workers`: processes writing shards in parallel (None: up to 8, one per CPU core; <= 1: this process).
   A rerun with the same inputs resumes (done shards are kept); other inputs need `overwrite=True`.
   """

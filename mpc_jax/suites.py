@@ -3,16 +3,10 @@
     mpc-jax eval --checkpoint DIR --suite paper [--data-root DATA] [--out DIR]
     mpc-jax eval --checkpoint DIR --suite my_suites.py:mine          # your own list
 
-A suite is a list of entries (dicts):
-    name    row name in the table ('DSO-1')
-    spec    optional: an explicit spec; `{root}` is replaced by the data root
-    dirs    folder names tried under the data root, in order (case and punctuation ignored; 'a/b' nested)
-    layout  optional: the public release's layout (`mpc_jax.data.layouts`) used for a found folder; without
-            it a found folder must hold images/ + masks/ (or be an `mpc-jax prepare` folder)
-    tfds    optional: 'NAME[:SPLIT]' used when no folder is found and the TFDS dataset is built
-    n       optional: the number of images in the paper's list (shown in the table)
-A folder holding `manifest.json` is read as `arrayrecord:`. A user file defines `SUITES = {name: [...]}`
-(or `get_suite(name)`); see `configs/suites.py`. Sets not found are named in a footnote, not an error.
+One command reproduces a paper table from whichever sets a machine holds: each entry (a dict; its fields
+are listed in `resolve_suite`) names a set and where it may be found, and sets not found are named in a
+footnote, not an error. A user file defines `SUITES = {name: [...]}` (or `get_suite(name)`); see
+`configs/suites.py`.
 """
 
 from __future__ import annotations
@@ -153,7 +147,18 @@ def _find_alias(root: str, name: str) -> str | None:
 
 
 def resolve_suite(entries: Sequence[dict], root: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-  """(found [(name, spec)], missing [(name, why)]) for the entries under data root `root`."""
+  """(found [(name, spec)], missing [(name, why)]) for the entries under data root `root`.
+
+  Entry fields:
+    name    row name in the table ('DSO-1')
+    spec    optional: an explicit spec; `{root}` is replaced by the data root
+    dirs    folder names tried under the data root, in order (case and punctuation ignored; 'a/b' nested)
+    layout  optional: the public release's layout (`mpc_jax.data.layouts`) used for a found folder; without
+            it a found folder must hold images/ + masks/ (or be an `mpc-jax prepare` folder)
+    tfds    optional: 'NAME[:SPLIT]' used when no folder is found and the TFDS dataset is built
+    n       optional: the number of images in the paper's list (shown in the table)
+  A folder holding `manifest.json` is read as `arrayrecord:`.
+  """
   from mpc_jax.data.layouts import layout_pairs
   from mpc_jax.data.sources import source_from_spec
 

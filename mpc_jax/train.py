@@ -1,17 +1,12 @@
-"""Training: the loop of MPC's two stages.
+"""Training: the loop of MPC's two stages, `train_and_evaluate(config, workdir)`.
 
-    train_and_evaluate(config, workdir)   # runs config.stages in order, then the final evaluation
-
-Stage 1 (`stage1`) pre-trains the backbone with the multi-view pixel contrast; validation runs
-k-means (k=2, cosine) on the fused features, the smaller cluster is forged; reduce-on-plateau on
-the validation score. Stage 2 (`stage2`) starts from a stage-1 model (ours or a converted PyTorch
-one) and trains the parameters matched by `trainable` (the head by default) with the sigmoid focal
-loss; the frozen backbone runs in train mode as the reference (`backbone_mode='eval'` freezes it
-fully); cosine annealing per validation. AdamW in both.
-
-The steps are in `mpc_jax.steps`, the train state and its checkpoints in `mpc_jax.train_state`.
-A restart resumes from the latest checkpoint; SIGTERM saves and stops. Model exports for
-`mpc-jax eval/predict`: `model_best` / `model_latest` (see `train_config.export_dir`).
+Stage 1 (`stage1`) pre-trains the backbone with the multi-view pixel contrast; validation runs k-means
+(k=2, cosine) on the fused features, the smaller cluster is forged; reduce-on-plateau on its score.
+Stage 2 (`stage2`) starts from a stage-1 model (ours or a converted PyTorch one) and trains the parameters
+matched by `trainable` (the head by default) with the sigmoid focal loss; the frozen backbone runs in train
+mode as in the reference (`backbone_mode='eval'` freezes it fully); cosine annealing per validation. AdamW
+in both. Steps: `mpc_jax.steps`; a restart resumes from the latest checkpoint (`mpc_jax.train_state`) and
+SIGTERM saves and stops; exports for `mpc-jax eval/predict`: `model_best` / `model_latest` (`export_dir`).
 """
 
 from __future__ import annotations

@@ -2,14 +2,11 @@
 transforms and pipelines (`transforms`, `pipeline`), synthetic forgeries (`synthetic`), ArrayRecord shards
 (`arrayrecord`) and the public releases' folder layouts (`layouts`).
 
-Submodules load lazily (`mpc_jax.data.pipeline` pulls in grain/jax; `io` and `synthetic` do not).
-Main entry points:
+Submodules load lazily (`pipeline` pulls in grain/jax; `io` and `synthetic` do not). Main entry points:
   io.read_image(path) -> uint8 [H, W, 3];  io.read_mask(path, expected_hw=None) -> uint8 [H, W] {0,1}
   sources.source_from_spec(spec, on_bad_example='raise') -> source ({'image', 'mask', 'path'} records)
-  config.DataConfig / default_data_config() / check_data_config(cfg)
   pipeline.make_train_iterator(config_data, ...); pipeline.make_eval_iterator(config_data, ...)
-  synthetic.SyntheticConfig / generate_example / SyntheticSource / write_dataset / cli_main
-  arrayrecord.ArrayRecordSource(dir, name=None); layouts.layout_source(name, root)
+  config.DataConfig / default_data_config() / check_data_config(cfg)
 """
 
 import importlib

@@ -1,19 +1,11 @@
 """ArrayRecord shards written by `mpc-jax prepare`, read back as a random-access source.
 
-A prepared folder holds
-    manifest.json                          counts, sizes, checksums, bad files (see `mpc_jax.prepare`)
-    NAME-00000-of-00012.array_record       records of source NAME, in the source's order
-    NAME-00000-of-00012.array_record.done.json   per-shard marker (resume)
-
-Each record is a msgpack map (`msgpack.unpackb(record)` reads it without this package):
-    'image'   bytes  the original image file, byte for byte
-    'mask'    bytes  the mask as a binary PNG (0/255); b'' = authentic
-    'path'    str    the image's path relative to the source's root (manifest `sources[i].root`)
-    'source'  str    the source NAME
-
-`ArrayRecordSource(dir, name=None)` decodes records exactly as the files decode
-(`sources.decode_encoded`, the same code as `read_image` / `read_mask`), so `arrayrecord:DIR` works
-wherever a spec does: training mixtures (same per-process sharding, same iterator checkpoints), eval.
+A million small files read at random are slow on a pod or a remote disk; a few large shards with one
+record per chunk are not. A prepared folder holds `manifest.json` (counts, sizes, checksums, bad files:
+`mpc_jax.prepare.prepare`) and, per source NAME, `NAME-00000-of-000NN.array_record` shards in the
+source's order, each with a `.done.json` marker (resume). `encode_record` gives the record format.
+`ArrayRecordSource` decodes records exactly as the files decode, so `arrayrecord:DIR[:NAME]` works
+wherever a spec does: training mixtures (same sharding, same iterator checkpoints) and evaluation.
 """
 
 from __future__ import annotations
@@ -44,7 +36,14 @@ WRITER_OPTIONS = "group_size:1"  # one record per chunk: fast random access (wha
 
 
 def encode_record(image: bytes, mask: bytes, path: str, source: str) -> bytes:
-  """One record (see the module docstring)."""
+  """One record: a msgpack map (`msgpack.unpackb(record)` reads it without this package).
+
+  Fields:
+    'image'   bytes  the original image file, byte for byte
+    'mask'    bytes  the mask as a binary PNG (0/255); b'' = authentic
+    'path'    str    the image's path relative to the source's root (manifest `sources[i].root`)
+    'source'  str    the source NAME
+  """
   return msgpack.packb(
     {"image": bytes(image), "mask": bytes(mask), "path": str(path), "source": str(source)}, use_bin_type=True
   )

@@ -1,24 +1,10 @@
 """Image and mask decoding with one consistent policy for every mode and bit depth.
 
-`read_image(path) -> uint8 [H, W, 3]` (RGB) and `read_mask(path, expected_hw=None) -> uint8 [H, W]` in {0, 1}.
-
-Conversions (the same for images and masks, so a pair always agrees):
-  * grayscale (`L`, `1`, `I`, `I;16`, `F`)  -> replicated to 3 channels (images) / used as is (masks);
-  * RGBA / LA / PA                           -> the alpha channel is dropped (pixels are kept as stored,
-                                               exactly what the reference's `cv2.imread` does; compositing
-                                               would alter the forensic traces);
-  * palette (`P`)                            -> expanded through its palette;
-  * CMYK / YCbCr                             -> converted to RGB by Pillow;
-  * 16-bit                                   -> scaled to 8 bit by `round(v / 257)` (so 65535 -> 255);
-  * 32-bit integer / float                   -> scaled from their value range ([0, 1] for floats whose max
-                                               is <= 1, else [0, 255] for floats, [0, 65535] for `I`);
-  * EXIF orientation is applied (as `cv2.imread` does by default).
-Masks are binarised at half their value range: a pixel is 1 when its value is > 127 (8 bit), > 32767
-(16 bit) or > 0.5 (float in [0, 1]); colour masks use the maximum over the colour channels. One
-exception: an 8-bit mask whose maximum is exactly 1 is taken as {0, 1}-coded (kept, not erased).
-
-Every failure (missing file, unreadable, corrupt or truncated data, wrong mask size) raises
-`BadExampleError`, a `ValueError` whose message and `.path` name the file.
+`read_image(path) -> uint8 [H, W, 3]` (RGB) and `read_mask(path, expected_hw=None) -> uint8 [H, W]` in {0, 1}
+convert every mode and bit depth the same way, so an image and its mask always agree, and keep pixels as
+stored, as the reference's `cv2.imread` does (alpha dropped, not composited: compositing would alter the
+forensic traces). Every failure (missing file, unreadable, corrupt or truncated data, wrong mask size)
+raises `BadExampleError`, a `ValueError` whose message and `.path` name the file.
 """
 
 from __future__ import annotations
@@ -192,8 +178,13 @@ def _read_any(path) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-  """Decode an image file to RGB `uint8 [H, W, 3]` (see the module docstring for conversions).
+  """Decode an image file to RGB `uint8 [H, W, 3]`.
 
+  Grayscale (`L`, `1`, `I`, `I;16`, `F`) is replicated to 3 channels; RGBA / LA / PA lose their alpha
+  channel; palette images are expanded through their palette; CMYK / YCbCr are converted by Pillow.
+  16-bit data is scaled to 8 bit by `round(v / 257)` (65535 -> 255); 32-bit integer / float data from
+  its value range ([0, 1] for floats whose max is <= 1, else [0, 255] for floats, [0, 65535] for `I`).
+  EXIF orientation is applied (as `cv2.imread` does by default).
   Raises `BadExampleError` (naming the file) for missing, corrupt, truncated or empty files.
   """
   arr = _read_any(path)
@@ -226,7 +217,10 @@ def binarize_mask(arr: np.ndarray) -> np.ndarray:
 def read_mask(path, expected_hw=None) -> np.ndarray:
   """Decode a ground-truth mask to `uint8 [H, W]` in {0, 1} (1 = tampered).
 
-  Any mode and bit depth is accepted; the mask is binarised at half its value range (8-bit: > 127).
+  Any mode and bit depth is accepted (converted as `read_image` converts; grayscale used as is) and
+  binarised at half its value range: 1 where > 127 (8 bit), > 32767 (16 bit) or > 0.5 (float in [0, 1]);
+  colour masks use the maximum over the colour channels. One exception: an 8-bit mask whose maximum is
+  exactly 1 is taken as {0, 1}-coded (kept, not erased).
   `expected_hw=(H, W)` (the image's size): a mask of another size raises `BadExampleError`.
   """
   img = _open(path)

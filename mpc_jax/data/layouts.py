@@ -1,39 +1,19 @@
 """The folder layouts of the public forensic datasets: which file is an image, which its mask.
 
-`layout_pairs(name, root) -> (pairs, mask_mode, errors)` lists the **forged** images of a release (the
-paper's test lists hold only manipulated images) with their masks (in folders that mix forged and
-authentic images, e.g. images/ + masks/, an image without a mask is authentic: `(image, None)`);
-`layout_source(name, root)` wraps that in a `PairSource` (spec `layout:NAME:ROOT`). Every layout also accepts the plain
-`ROOT/images/` + `ROOT/masks/` layout (masks matched by stem, white = tampered). The TFDS builders in
+A downloaded release is read as published, without conversion: `layout_pairs(name, root)` lists its
+forged images with their masks (the releases, their layouts and mask codings are listed there), and
+`layout_source(name, root)` wraps that in a `PairSource` (spec `layout:NAME:ROOT`). The TFDS builders in
 `data/tfds/` and `mpc-jax eval --suite` use these listings.
 
-Releases (name: layout; mask coding):
-  columbia     Columbia uncompressed: 4cam_splc/*.tif + 4cam_splc/edgemask/*_edgemask.jpg; red = spliced
-  dso1         tifs-database: DSO-1/splicing-*.png + DSO-1-Fake-Images-Masks/splicing-*.png; black = spliced
-  casia_v1     CASIA 1.0 + casia1groundtruth: Tp/{Sp,CM}/*.jpg (or Modified Tp/Tp/...) +
-               CASIA 1.0 groundtruth/{Sp,CM}/*_gt.png; white
-  nist16       NC2016_Test0613: reference/manipulation/*-manipulation-ref.csv ('|'-separated; rows with
-               IsTarget=Y and a ProbeMaskFileName), else probe/ + mask/; black = manipulated
-  coverage     COVERAGE: image/{N}t.tif + mask/{N}forged.tif; white
-  korus        realistic-tampering: <camera>/tampered-realistic/*.TIF + <camera>/ground-truth/*.PNG;
-               any non-black (white and grey 'collateral damage')
-  in_the_wild  Huh et al. 2018: images/ + masks/; white
-  cocoglide    TruFor's CocoGlide: fake/ + mask/; white
-  misd         MISD: Sp/ + one of GT/, Sp_GT/, Binary_masks/, masks/, mask/; white
-  tampcoco     CAT-Net's tampCOCO: {sp,cm,bcm,bcmc}_images/X.jpg_Y.jpg.jpg + {...}_masks/X.png_Y.png.png
-               (every '.jpg' of the name becomes '.png'; else matched by stem); white
-  imd2020      IMD2020: <id>/<id>_orig.jpg (not used), <id>/<name>.jpg + <id>/<name>_mask.png; white
-  casia_v2     CASIA v2.0: Tp/ + Groundtruth/ (*_gt.png; also 'CASIA 2 Groundtruth/'); white
-
-Not supported: FF++ (FaceForensics++) is a video dataset; its masks are per-frame videos
-(`manipulated_sequences/<method>/masks/videos/*.mp4`). The paper's FF++ row needs frames extracted
-at its sampling (not published with the paper) and the mask videos binarised per frame; once extracted
-to `images/` + `masks/` PNGs, any spec reads them (the suite's `ffpp` entry looks for that folder).
+Not supported: FF++, a video dataset whose masks are videos (`manipulated_sequences/<method>/masks/videos/`)
+and whose frame sampling the paper does not publish; extract frames and binarised masks to `images/` +
+`masks/` PNGs, which any spec reads (the suite's `ffpp` entry looks for that folder).
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import re
 
@@ -289,6 +269,30 @@ LAYOUTS = {
 def layout_pairs(name: str, root) -> tuple[list[tuple[str, str | None]], str, list[BadExampleError]]:
   """(pairs of image + mask (None: authentic), mask_mode, listing errors) of release `name` under `root`.
 
+  The pairs are the release's **forged** images (the paper's test lists hold only manipulated images);
+  in folders that mix forged and authentic images (e.g. images/ + masks/) an image without a mask is
+  authentic: `(image, None)`. Every release also accepts the plain `ROOT/images/` + `ROOT/masks/` layout
+  (masks matched by stem, white = tampered). The error for a folder in neither layout quotes the
+  release's line below.
+
+  Releases (name: layout; mask coding):
+    columbia     Columbia uncompressed: 4cam_splc/*.tif + 4cam_splc/edgemask/*_edgemask.jpg; red = spliced
+    dso1         tifs-database: DSO-1/splicing-*.png + DSO-1-Fake-Images-Masks/splicing-*.png; black = spliced
+    casia_v1     CASIA 1.0 + casia1groundtruth: Tp/{Sp,CM}/*.jpg (or Modified Tp/Tp/...) +
+                 CASIA 1.0 groundtruth/{Sp,CM}/*_gt.png; white
+    nist16       NC2016_Test0613: reference/manipulation/*-manipulation-ref.csv ('|'-separated; rows with
+                 IsTarget=Y and a ProbeMaskFileName), else probe/ + mask/; black = manipulated
+    coverage     COVERAGE: image/{N}t.tif + mask/{N}forged.tif; white
+    korus        realistic-tampering: <camera>/tampered-realistic/*.TIF + <camera>/ground-truth/*.PNG;
+                 any non-black (white and grey 'collateral damage')
+    in_the_wild  Huh et al. 2018: images/ + masks/; white
+    cocoglide    TruFor's CocoGlide: fake/ + mask/; white
+    misd         MISD: Sp/ + one of GT/, Sp_GT/, Binary_masks/, masks/, mask/; white
+    tampcoco     CAT-Net's tampCOCO: {sp,cm,bcm,bcmc}_images/X.jpg_Y.jpg.jpg + {...}_masks/X.png_Y.png.png
+                 (every '.jpg' of the name becomes '.png'; else matched by stem); white
+    imd2020      IMD2020: <id>/<id>_orig.jpg (not used), <id>/<name>.jpg + <id>/<name>_mask.png; white
+    casia_v2     CASIA v2.0: Tp/ + Groundtruth/ (*_gt.png; also 'CASIA 2 Groundtruth/'); white
+
   Raises FileNotFoundError naming the folder when neither the release's layout nor images/ + masks/
   is found, ValueError for an unknown name."""
   key = name.lower().replace("-", "_")
@@ -302,7 +306,12 @@ def layout_pairs(name: str, root) -> tuple[list[tuple[str, str | None]], str, li
     generic = _generic(root)
     if generic is None:
       doc = next(
-        (line[len(key) + 3 :].strip() for line in __doc__.splitlines() if line.startswith(f"  {key} ")), ""
+        (
+          line[len(key) + 3 :].strip()
+          for line in inspect.getdoc(layout_pairs).splitlines()
+          if line.startswith(f"  {key} ")
+        ),
+        "",
       )
       raise FileNotFoundError(f"{root}: not the {name} layout ({doc}) nor images/ + masks/")
     found = generic + ("binary",)

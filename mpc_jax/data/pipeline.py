@@ -1,32 +1,13 @@
 """grain input pipelines: training (shuffled, sharded, augmented, checkpointable) and evaluation.
 
-Training graph (`make_train_dataset`):
+P processes with batch `b` each assemble exactly the global batches (same examples, row order and
+augmentation) that one process with batch `P * b` reads: augmentation is seeded by the global stream
+position, and each process reads only its rows of every global batch (`BlockShard`); only a skipped bad
+example (on_bad_example='skip') shifts that process's later rows. The training iterator is a
+`grain.DatasetIterator`: `get_state()` / `set_state()`, or grain's orbax handlers, resume the same order.
 
-    MapDataset.source(mixture)            # MixtureSource: sources repeated by weight (reference style)
-      .shuffle(seed)                      # global permutation, reseeded every epoch
-      .repeat(num_epochs)                 # None = forever
-      .random_map(TrainTransform)         # decode happened in the source; augmentation here, seeded
-                                          # by the GLOBAL stream position (same for any process count)
-      BlockShard(process_index, process_count, batch_size_per_process)
-                                          # this host's rows of every global batch (lazy: it reads
-                                          # and augments only those)
-      .to_iter_dataset(ReadOptions)       # threads; skipped bad examples (None) are dropped here
-      .batch(batch_size_per_process)      # numpy batch dict
-      .mp_prefetch(MultiprocessingOptions)  # when num_workers > 0
-
-Sharding: global batch `k` is elements `[k*G, (k+1)*G)` of the global stream (`G = b * process_count`);
-process `p` reads its contiguous block `[k*G + p*b, k*G + (p+1)*b)`, the rows
-`jax.make_array_from_process_local_data` assigns to it on a 1-axis data mesh. So P processes
-assemble exactly the global batches (same examples, same row order, same augmentation) that one
-process with batch G reads; only a skipped bad example (on_bad_example='skip') shifts that
-process's later rows.
-
-The iterator is a `grain.DatasetIterator`: `it.get_state()` / `it.set_state(state)`, or
-`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` with orbax, resume the same order.
-
-`config_data` (every function's first argument) is `config.data`: a ConfigDict, a dict, a
-`DataConfig` or None, merged over the defaults on entry; its fields and defaults are `DataConfig`'s
-(`mpc_jax.data.config`).
+`config_data` (every function's first argument) is `config.data`: a ConfigDict, a dict, a `DataConfig` or
+None, merged on entry over the defaults of `DataConfig` (`mpc_jax.data.config`).
 """
 
 from __future__ import annotations
@@ -101,7 +82,18 @@ def make_train_dataset(
   batch_size_per_process: int,
   sources=None,
 ) -> grain.IterDataset:
-  """The training `grain.IterDataset` (see module doc). `sources`: prebuilt [(spec, weight, source)]."""
+  """The training `grain.IterDataset`. `sources`: prebuilt [(spec, weight, source)].
+
+  The sources (decoded there) are repeated by weight (`MixtureSource`, the reference's style), shuffled
+  (a global permutation, reseeded every epoch) and repeated `num_epochs` times (None = forever), or, with
+  `mixture='sample'`, drawn by weight (`WeightedSampleSource`); then `TrainTransform` (seeded by the global
+  stream position), `BlockShard` (lazy: only this process's rows are read and augmented), threads
+  (`ReadOptions`; skipped bad examples, None, are dropped here), numpy batches of
+  `batch_size_per_process`, and `mp_prefetch` when `num_workers > 0`.
+  Global batch `k` is elements `[k*G, (k+1)*G)` of the stream (`G = b * process_count`); process `p`
+  reads `[k*G + p*b, k*G + (p+1)*b)`, the rows `jax.make_array_from_process_local_data` assigns to it
+  on a 1-axis data mesh.
+  """
   cfg = check_data_config(config_data)
   if not isinstance(batch_size_per_process, (int, np.integer)) or batch_size_per_process <= 0:
     raise ValueError(f"batch_size_per_process must be a positive int, got {batch_size_per_process!r}")

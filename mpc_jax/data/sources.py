@@ -1,28 +1,13 @@
-"""Random-access data sources (for grain and for plain indexing).
+"""Random-access data sources (for grain and for plain indexing), built from spec strings.
 
 Every source has `len(src)` and `src[i]`; a record is a dict
     {'image': uint8 [H, W, 3] RGB, 'mask': uint8 [H, W] in {0, 1} (zeros for authentic), 'path': str}.
-
-`source_from_spec(spec)` understands:
-  * a folder with `images/` and `masks/` sub-folders, or `IMAGES_DIR:MASKS_DIR` (matched by file stem;
-    a mask stem may carry a suffix such as `_gt`, `_mask`, `_edgemask`; unmatched files are reported);
-  * a file list: `.txt` / `.csv` of `image,mask` lines (an empty mask, `None`, `Negative` or `-` means
-    authentic; relative paths are resolved against the list's folder, then the working directory),
-    or the reference's `.npy` list of `(image, mask)` pairs;
-  * an IMDL-BenCo `.json` (`[[image, mask_or_"Negative"], ...]`, or a list of `{'image', 'mask'}` dicts);
-  * `tfds:NAME[:SPLIT]` (a TFDS `array_record` data source; `data_dir` from `$TFDS_DATA_DIR`);
-  * `arrayrecord:DIR[:NAME]` (shards written by `mpc-jax prepare`; `NAME` picks one packed source, see
-    `mpc_jax.data.arrayrecord`);
-  * `layout:NAME:ROOT` (a public release's own folder layout, e.g. `layout:nist16:/data/NC2016_Test0613`;
-    see `mpc_jax.data.layouts`);
-  * `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]` (in-memory synthetic forgeries, see `synthetic.py`).
+`source_from_spec(spec)` reads every form of data (folders, file lists, TFDS, ArrayRecord shards, release
+layouts, synthetic forgeries), so training, evaluation and `mpc-jax prepare` share one reader.
 
 Bad examples (missing, corrupt or truncated files, a mask whose size differs from its image) follow
 `on_bad_example`: `'raise'` raises `BadExampleError` naming the file; `'skip'` drops the example, counts it
-(`src.num_bad`, `src.bad_examples`) and logs it with its path. File-backed sources check every pair at
-construction from file headers (existence, decodable header, complete PNG/JPEG ending, mask size) --
-cheap, and it keeps `len()` honest; a file that only fails at full decode is handled when read: `src[i]`
-returns `None` under `'skip'` (iterate `src` or use the grain pipeline, which drops these).
+(`src.num_bad`, `src.bad_examples`) and logs it with its path.
 """
 
 from __future__ import annotations
@@ -116,7 +101,9 @@ class PairSource:
 
   Args:
     pairs: sequence of `(image_path, mask_path or None)`.
-    on_bad_example: `'raise'` or `'skip'` (see module docstring).
+    on_bad_example: `'raise'` or `'skip'` (see the module docstring). The pairs are checked now (see
+      `check_files`): cheap, and it keeps `len()` honest; a file that only fails at full decode fails when
+      read, and `src[i]` returns `None` under `'skip'` (iterating `src`, or the grain pipeline, drops these).
     check_files: how thoroughly the files are checked now (`CHECK_FILES`): `'header'` (existence,
       header, complete file ending, mask size -- no full decode), `'full'` (decode everything) or `'none'`.
     name: for log messages.
@@ -727,11 +714,21 @@ def unique_names(names):
 def source_from_spec(
   spec: str, *, on_bad_example: str = "raise", check_files: str = "header", missing_mask: str = "bad"
 ):
-  """Build a random-access source from a spec string (see the module docstring for the forms).
+  """Build a random-access source from a spec string.
 
   Args:
-    spec: folder, `IMAGES_DIR:MASKS_DIR`, `.txt/.csv/.npy/.json` list, `tfds:NAME[:SPLIT]`,
-      `arrayrecord:DIR[:NAME]` or `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]`.
+    spec: one of
+      * a folder with `images/` and `masks/` sub-folders, or `IMAGES_DIR:MASKS_DIR` (matched by file stem;
+        a mask stem may carry a suffix such as `_gt`, `_mask`, `_edgemask`; unmatched files are reported);
+      * a `.txt` / `.csv` list of `image,mask` lines (an empty mask, `None`, `Negative` or `-` means
+        authentic; relative paths are resolved against the list's folder, then the working directory),
+        or the reference's `.npy` list of `(image, mask)` pairs;
+      * an IMDL-BenCo `.json` (`[[image, mask_or_"Negative"], ...]`, or a list of `{'image', 'mask'}` dicts);
+      * `tfds:NAME[:SPLIT]` (a TFDS `array_record` data source; `data_dir` from `$TFDS_DATA_DIR`);
+      * `arrayrecord:DIR[:NAME]` (shards written by `mpc-jax prepare`; `NAME` picks one packed source);
+      * `layout:NAME:ROOT` (a public release in its own folder layout, e.g.
+        `layout:nist16:/data/NC2016_Test0613`; `mpc_jax.data.layouts`);
+      * `synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]` (in-memory synthetic forgeries, `mpc_jax.data.synthetic`).
     on_bad_example: `'raise'` (error naming the file) or `'skip'` (skip, count, log).
     check_files: file checks at construction: headers (`'header'`), full decode (`'full'`) or `'none'`.
     missing_mask: folder pairs only: an image without a mask is `'bad'` or `'authentic'`.

@@ -1,32 +1,13 @@
 """Synthetic image forgeries, generated offline from images that ship with scikit-image + procedural textures.
 
-Kinds: 'splice' (a region from another image), 'copymove' (from the same image, shifted, optionally
-rescaled/rotated), 'removal' (OpenCV inpainting), and 'authentic'. Regions are random polygons, ellipses
-or brush strokes (sometimes two unioned), pasted with hard or feathered edges; spliced regions are
-rescaled and colour-matched to their surroundings. Every image has a camera-like history (sensor noise,
-a first JPEG) and the composite gets post-processing (resampling, noise, a second JPEG at another
-quality), so the untouched area is double-compressed while the forged region has a different history.
-
-`difficulty` in [0, 1] sets how loud the forgery traces are:
-  0.0 ("easy", for the CPU demo): every tampered region carries a loud noise-level mismatch (added
-      sensor-like noise, or an inpainted fill re-noised far above the background), larger regions,
-      light post-processing -- learnable by a small network in minutes;
-  1.0 ("hard"): noise-level matched, full colour matching, heavy post-processing that masks the traces.
-Colour/brightness is matched at every difficulty, so a "coloured boundary" is never the cue: see
-`trivial_detector_f1` (and tests/test_data_synthetic.py) for the check.
-
-API (every default is `SyntheticConfig`'s):
-  SyntheticConfig(num, seed, size, difficulty, authentic_prob, cache)
-      the settings, as `config.data.synthetic` gives them or read from a spec string by
-      `SyntheticConfig.from_spec('synthetic:NUM[:SEED[:SIZE[:DIFFICULTY]]]')`; `.source()` -> SyntheticSource.
-  generate_example(rng, size=(H, W), kind=None, *, difficulty, authentic_prob)
-      -> {'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'kind': str}
-  SyntheticSource(num, seed, size, *, difficulty, authentic_prob, cache)
-      random-access source, deterministic per index (rng = default_rng([seed, index])).
-  write_dataset(out_dir, num, seed, size, *, difficulty, authentic_prob)
-      writes out_dir/images/NNNNNN_kind.png and out_dir/masks/NNNNNN_kind.png (0/255).
-  cli_main(argv) -- `mpc-jax synth --out DIR --num N [--seed S] [--size PX] [--difficulty D]
-      [--authentic-prob P]`.
+They let the demo and the tests train and score a model with no dataset to download. Kinds: 'splice' (a
+region from another image), 'copymove' (from the same image, shifted, maybe rescaled/rotated), 'removal'
+(OpenCV inpainting) and 'authentic'; regions are random polygons, ellipses or brush strokes. Every image
+has a camera-like history (sensor noise, a first JPEG) and the composite is post-processed (resampling,
+noise, a second JPEG), so the forged region's history differs from the rest's.
+`difficulty` in [0, 1] sets how loud the traces are: at 0 (the CPU demo) every forged region carries a loud
+noise-level mismatch; at 1 noise levels match under heavy post-processing. Colour is matched at every
+difficulty, so a coloured boundary is never the cue (`trivial_detector_f1` checks it).
 """
 
 from __future__ import annotations

@@ -1,36 +1,11 @@
 """Training and evaluation transforms (grain transforms), equivalent to the reference's `mydatasets.py`.
 
-Training (`TrainTransform`, a `grain.transforms.RandomMap`), per example, with probability `augment_prob`
-the reference chain:
-  1. random down-scale by s ~ U(0.5, 1.0), p 0.75 (image bilinear, mask nearest);
-  2. pad to `input_size` (reflect-101 border, albumentations 1.x's default, as the reference ran);
-  3. one of {horizontal flip, vertical flip, rot90 (k in 1..3), transpose}, p 0.75;
-  4. JPEG re-compression, quality ~ U{50..95}, p 0.75;
-  5. p 0.25: one family, uniformly, then one member uniformly:
-       blur    {Blur, GaussianBlur, MedianBlur, MotionBlur},
-       noise/colour {Downscale, GaussNoise, ISONoise, RandomBrightnessContrast, RandomGamma,
-                     RandomToneCurve, Sharpen},
-       distortion {ElasticTransform(alpha=120, sigma=6), GridDistortion};
-then (always) the image is resized to `input_size` (bilinear) and the mask to `input_size // gt_ratio`
-(bilinear on 0/255 then > 127, as the reference does).
-
-Albumentations 2.x defaults differ from the 1.x the reference ran; parameters are set to the 1.x
-behaviour where it matters (GaussNoise variance 10..50 on the 0..255 scale, reflect-101 borders,
-GaussianBlur kernel 3..7 with
-OpenCV's sigma for those kernels, 0.8..1.4). ElasticTransform's 1.x extra random affine (`alpha_affine`) no longer exists.
-
-Outputs (numpy, per example):
-  'image':        float32 [S, S, 3] in [0, 1]   (RGB / 255, no mean/std)
-  'mask':         float32 [S/g, S/g] in {0, 1} (the stage-1 loss resizes it to each feature scale)
-  'image_view2':  float32 [S, S, 3], only with `second_view=True`: the same geometry (scale, pad,
-                  flip, distortion: identical parameters) with an independent photometric draw
-                  (JPEG p 0.75 q 50..95, then p 0.25 one of the blur / noise-colour families), so the
-                  mask applies to both views.
-
-Evaluation (`EvalTransform`, a `grain.transforms.Map`): no augmentation, image resized to S; the mask
-is kept at its original size (the reference's test protocol) and also given at S/g:
-  'image': float32 [S, S, 3]; 'mask': uint8 [H, W] {0,1}; 'mask_small': float32 [S/g, S/g];
-  'orig_hw': int32 [2]; 'path': str.
+`TrainTransform` runs the reference's augmentation chain, then resizes (with an optional second view for
+the stage-1 contrast); `EvalTransform` only resizes the image and keeps the mask at its own size, as the
+reference's test protocol does. Albumentations 2.x defaults differ from the 1.x the reference ran, so
+parameters are set to the 1.x behaviour where it matters (GaussNoise variance 10..50 on the 0..255 scale,
+reflect-101 borders, GaussianBlur kernel 3..7 with OpenCV's sigma for those kernels, 0.8..1.4);
+ElasticTransform's 1.x extra random affine (`alpha_affine`) no longer exists.
 """
 
 from __future__ import annotations
@@ -148,7 +123,23 @@ class _Albu:
 class TrainTransform(grain.transforms.RandomMap):
   """Reference training augmentation + resize (+ optional second view).
 
-  Input record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, ...}`; output: see module doc.
+  With probability `augment_prob`, the reference chain:
+    1. random down-scale by s ~ U(0.5, 1.0), p 0.75 (image bilinear, mask nearest);
+    2. pad to `input_size` (reflect-101 border, albumentations 1.x's default, as the reference ran);
+    3. one of {horizontal flip, vertical flip, rot90 (k in 1..3), transpose}, p 0.75;
+    4. JPEG re-compression, quality ~ U{50..95}, p 0.75;
+    5. p 0.25: one family, uniformly, then one member uniformly: blur {Blur, GaussianBlur, MedianBlur,
+       MotionBlur}, noise/colour {Downscale, GaussNoise, ISONoise, RandomBrightnessContrast, RandomGamma,
+       RandomToneCurve, Sharpen}, distortion {ElasticTransform(alpha=120, sigma=6), GridDistortion};
+  then (always) the image is resized to S = `input_size` (bilinear) and the mask to S/g, g = `gt_ratio`
+  (bilinear on 0/255, then > 127, as the reference does).
+
+  Input record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, ...}`; output:
+    'image'        float32 [S, S, 3] in [0, 1] (RGB / 255, no mean/std)
+    'mask'         float32 [S/g, S/g] in {0, 1} (the stage-1 loss resizes it to each feature scale)
+    'image_view2'  float32 [S, S, 3], only with `second_view=True`: the same geometry (scale, pad, flip,
+                   distortion: identical parameters) with an independent photometric draw (JPEG p 0.75
+                   q 50..95, then p 0.25 one of the blur / noise-colour families), so the mask fits both.
   Deterministic given the `rng` grain passes in.
   """
 

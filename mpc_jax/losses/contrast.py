@@ -1,40 +1,11 @@
 """Stage-1 loss of MPC: multi-view pixel contrast (InfoNCE over pixel embeddings).
 
-Per image, with the mask pyramid `m_s = nearest(mask, (h_s, w_s))` (PyTorch rounding):
-
-* queries are authentic pixels (`mask < 0.5`), negatives forged pixels (`mask >= 0.5`);
-* `L(Q, N)`: each query's positive logit is its mean cosine similarity to the OTHER queries, its
-  negative logits its similarities to every element of `N`; the loss is the cross-entropy with the
-  positive at index 0 on `logits / temperature`, averaged over the queries;
-* `intra = L(Q0_a, N0_a)`, `cross_scale = L(Q0_a, Nc_a) + L(Qc_a, N0_a)` (`c`: scales 1..3
-  concatenated), `cross_modality = L(Q0_a, N0_b) + L(Q0_b, N0_a)`;
-  `total = intra + cross_scale + cross_modality` (view `a` plays the reference's `FeaturesX`).
-
-Each set is sampled to at most `num_samples` members (uniform, without replacement) with a
-validity mask, so every shape is static. With `num_samples` at least every set's size nothing is
-random and the value equals the reference's. The views share sampled pixel locations (the
-reference draws them independently per term; each term's distribution is the same).
-
-Cost: the positive logit uses the sum of the queries (no `K x K` matrix); the negatives'
-log-sum-exp runs over chunks of `chunk_size` negatives under `jax.checkpoint`, so forward and
-backward hold `K x chunk_size` similarities at a time.
-
-Degenerate terms: a term whose query set has fewer than 2 members (no positive exists), e.g. a fully
-forged image, is 0; a term with no negatives is 0 as in the reference (an authentic image gives 0
-everywhere). The batch mean divides by the number of images, so such images count as 0 (like
-the reference's mean over a batch of per-image losses) rather than being left out.
-
-Negatives across devices (`negatives='global'`): each image also contributes `bank_per_image`
-forged pixels of `view_a` at scale 0 (sampled, validity-masked) to a bank; the bank of the whole
-global batch is gathered (`jax.lax.all_gather` over `axis_name` when running under `shard_map`)
-and every image's `intra` term uses it as extra negatives, minus its own entries. Bank size per
-device is fixed (`local_batch * bank_per_image`), so shapes stay static; the gradient of each
-bank entry flows back to the device that produced it. Sampling keys are `fold_in(key, global
-image index)`, so a sharded run samples exactly what a one-device run over the concatenated
-batch samples.
-
-Callers: `multiview_pixel_contrast` (one device, or 'image' negatives under jit), or
-`multiview_pixel_contrast_sharded` inside a jitted step on a mesh with a 'data' axis.
+Within each image, authentic pixels are pulled together and pushed away from forged ones, at one scale,
+across scales and across two views (two stochastic forward passes), so the backbone learns features that
+separate tampered from authentic pixels. Every shape is static (pixel sets sampled with validity masks)
+and memory is bounded (negatives in chunks), so the loss jits once and fits at 512 px; negatives can also
+come from the other images of the global batch (`negatives='global'`). The terms are defined in
+`info_nce` and `_image_terms`; `multiview_pixel_contrast_sharded` runs the loss on a device mesh.
 """
 
 from __future__ import annotations
@@ -87,6 +58,12 @@ def _negative_lse(q, n, n_ok, inv_t, chunk_size):
 def info_nce(q, q_ok, n, n_ok, *, temperature=0.1, chunk_size=1024, extra_lse=None):
   """One InfoNCE term `L(Q, N)` of the reference (`MyInfoNCE` with query == positive key).
 
+  Each query's positive logit is its mean cosine similarity to the OTHER queries (from the sum of the
+  queries: no `K x K` matrix), its negative logits its similarities to every element of `N` (log-sum-exp
+  in chunks: `_negative_lse`); the loss is the cross-entropy with the positive at index 0 on
+  `logits / temperature`, averaged over the queries. No positive (fewer than 2 queries, e.g. a fully
+  forged image) gives 0, and so do no negatives (an authentic image), as in the reference.
+
   Args:
     q: `[K, C]` query embeddings (re-normalised here, as the reference does); `q_ok [K]` bool.
     n: `[M, C]` negative embeddings (re-normalised here); `n_ok [M]` bool.
@@ -114,6 +91,12 @@ def _flat(x):
 def _image_sets(view_a, view_b, mask, key, num_samples, bank_per_image):
   """Sample one image's pixel sets. Views: four `[h_s, w_s, C]` maps; mask `[H, W]`.
 
+  The mask goes to each scale by nearest (`m_s = nearest(mask, (h_s, w_s))`, PyTorch rounding); queries
+  are authentic pixels (`m_s < 0.5`), negatives forged ones (`>= 0.5`); `c` is scales 1..3 concatenated.
+  Each set is sampled to at most `num_samples` members (uniform, without replacement) with a validity
+  mask, so every shape is static; with `num_samples` at least every set's size nothing is random and the
+  loss equals the reference's. The views share the sampled locations (the reference draws them
+  independently per term; each term's distribution is the same).
   Returns a dict of `(embeddings [k, C], ok [k])` pairs: `q0a q0b n0a n0b qca nca bank`.
   """
   masks = [downsample_mask_nearest(mask, v.shape[:2]).reshape(-1) for v in view_a]
@@ -146,6 +129,9 @@ _TERMS = (("q0a", "n0a"), ("q0a", "nca"), ("qca", "n0a"), ("q0a", "n0b"), ("q0b"
 def _image_terms(sets, image_id, bank, bank_ok, bank_ids, *, temperature, chunk_size):
   """The three parts of one image. `bank [Nb, C]` with owner ids `bank_ids [Nb]` (or None).
 
+  `intra = L(Q0_a, N0_a)`, `cross_scale = L(Q0_a, Nc_a) + L(Qc_a, N0_a)` and
+  `cross_modality = L(Q0_a, N0_b) + L(Q0_b, N0_a)`, with `L` = `info_nce` and view `a` playing the
+  reference's `FeaturesX`; the global bank, minus the image's own entries, adds negatives to `intra`.
   The five terms run as one batch (sets padded to a common size with invalid rows), which
   keeps the compiled program small; the global bank only enters the intra term.
   """
@@ -178,7 +164,15 @@ def multiview_pixel_contrast(
   chunk_size: int | None = 1024,
   axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
-  """The stage-1 MPC loss of a batch (see the module docstring for the exact semantics).
+  """The stage-1 MPC loss of a batch: `total = intra + cross_scale + cross_modality` (`_image_terms`).
+
+  The batch mean divides by the number of images, so an image whose terms are 0 counts as 0 (like the
+  reference's mean over a batch of per-image losses) rather than being left out. With
+  `negatives='global'` each image puts `bank_per_image` sampled forged pixels of `view_a` at scale 0 in a
+  bank of the global batch (all-gathered over `axis_name`): a fixed size per device, so shapes stay
+  static, and each entry's gradient flows back to the device that produced it. Sampling keys are
+  `fold_in(key, global image index)`, so a sharded run samples exactly what one device samples over the
+  concatenated batch.
 
   Args:
     view_a, view_b: four L2-normalised maps `[B, h_s, w_s, C]` each (scales 1, 1/2, 1/4, 1/8),

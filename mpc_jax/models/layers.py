@@ -38,9 +38,9 @@ class Init:
 
 # How depth-wise convolutions (groups == channels) run, per `Conv.depthwise`: 'xla' (XLA's grouped
 # convolution), 'shift' (`depthwise_conv`) or 'auto' (the default: 'shift' on the CPU in eval mode,
-# 'xla' otherwise). On the CPU the shifted form is 6-15x faster forward and 9-30x faster backward at
-# HRT-base's shapes (`bench/bench_depthwise.py`), but under autodiff XLA keeps its 9 shifted taps
-# for the backward pass, so a training step stores more and compiles longer
+# 'xla' otherwise). On the CPU the shifted form is several times faster forward and backward at
+# HRT-base's shapes (`bench/bench_depthwise.py`; figures in the README), but under autodiff XLA keeps
+# its 9 shifted taps for the backward pass, so a training step stores more and compiles longer
 # (`bench/results/train_cpu_hrt_base_float32_shift_depthwise.json`); set 'shift' to train on the
 # CPU where that memory is acceptable.
 DEPTHWISE_CHOICES = ("auto", "shift", "xla")
@@ -69,8 +69,8 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
 
 def pointwise_conv(x, kernel):
   """A 1x1 convolution as a matrix product: `x [B, H, W, cin]`, `kernel [1, 1, cin, cout]` ->
-  `[B, H, W, cout]`. The same values as `grouped_conv`; on the CPU 1.5-4x faster forward and
-  3-10x faster backward at HRT-base's shapes, where XLA's convolution is slow."""
+  `[B, H, W, cout]`. The same values as `grouped_conv`, and faster forward and backward on the CPU,
+  where XLA's convolution is several times slower."""
   b, h, w, c = x.shape
   return (x.reshape(b * h * w, c) @ kernel.reshape(c, -1)).reshape(b, h, w, -1)
 
