@@ -235,14 +235,14 @@ def test_eval_broken_file_raises_or_skips(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_end_to_end_with_a_saved_checkpoint(tmp_path):
-  """The real loader: `mpc-jax predict` and `mpc-jax eval` on a saved hrt_tiny checkpoint."""
-  from flax import nnx
-
+  """The real loader: `mpc-jax predict` and `mpc-jax eval` on a saved checkpoint of the tests' tiny
+  HRFormer."""
   from mpc_jax.checkpoint import save_model
   from mpc_jax.main import run
   from mpc_jax.models import build_mpc
+  from train_testlib import TINY_HRFORMER
 
-  model = nnx.jit(lambda: build_mpc("hrt_tiny", seed=0))()
+  model = build_mpc(TINY_HRFORMER, seed=0)
   save_model(model, tmp_path / "ckpt")
   _write_set(tmp_path / "s", 2, 4)
   assert (
