@@ -49,10 +49,10 @@ TINY_HRFORMER = {
 }
 
 
-# XLA:CPU compile options for the tests' tiny programs, which compile about 2x faster with them and
+# XLA:CPU compile options for the tests' tiny programs, which compile about 1.7x faster with them and
 # run as correctly: LLVM's optimisation passes off, and the older elemental emitters for fusions
 # instead of the MLIR ones. Production code keeps XLA's defaults: at HRT-base size these options
-# make the forward 4.7x slower per call and compile no faster (`python bench/bench_compile.py`).
+# make the forward 3.9x slower per call and compile no faster (`python bench/bench_compile.py`).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
