@@ -56,21 +56,23 @@ def _run(step_fn, state, batches):
   return state, losses
 
 
-def _stage1_step(config, mesh, build_model):
-  """The jitted stage-1 step of `build_model(config)` and a fresh-state factory."""
+@pytest.fixture(scope="module")
+def stage1_step(setup):
+  """The small model's jitted stage-1 step and a fresh-state factory, shared by the tests below."""
+  config, mesh = setup
   with jax.set_mesh(mesh):
-    _, parts = train_state.create_state(build_model(config), config.stage1, mesh)
+    _, parts = train_state.create_state(build_small_model(config), config.stage1, mesh)
     step = steps.make_step("stage1", parts, config, mesh)
 
   def fresh_state():
-    return train_state.create_state(build_model(config), config.stage1, mesh)[0]
+    return train_state.create_state(build_small_model(config), config.stage1, mesh)[0]
 
   return step, fresh_state
 
 
-def test_stage1_compiles_once_is_deterministic_and_learns_state(setup):
+def test_stage1_compiles_once_is_deterministic_and_learns_state(setup, stage1_step):
   config, mesh = setup
-  step, fresh_state = _stage1_step(config, mesh, build_small_model)
+  step, fresh_state = stage1_step
   with jax.set_mesh(mesh):
     state_a = fresh_state()
     rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
@@ -92,10 +94,10 @@ def _first_step(config, mesh, batch):
 
 
 @pytest.fixture(scope="module")
-def reference_first_step(setup):
+def reference_first_step(setup, stage1_step):
   """Metrics of the small model's stage-1 step on one batch: `(batch, {name: float})`."""
   config, mesh = setup
-  step, fresh_state = _stage1_step(config, mesh, build_small_model)
+  step, fresh_state = stage1_step
   with jax.set_mesh(mesh):
     batch = _batches(config, mesh, 1, seed=3)[0]
     _, m = step(fresh_state(), batch)
