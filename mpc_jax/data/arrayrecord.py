@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 
 from mpc_jax.data.io import BadExampleError
+from mpc_jax.data.sources import BadCounter, ReopenedSource, check_policy, decode_encoded
 
 __all__ = [
   "MANIFEST",
@@ -90,7 +91,7 @@ def parse_spec(rest: str) -> tuple[str, str | None]:
   return d, name or None
 
 
-class ArrayRecordSource:
+class ArrayRecordSource(ReopenedSource):
   """Random access over the shards of a prepared folder (all sources in manifest order, or `name`'s).
 
   Record: `{'image': uint8 [H, W, 3], 'mask': uint8 [H, W] {0,1}, 'path': str}` (path relative to the
@@ -99,8 +100,6 @@ class ArrayRecordSource:
   """
 
   def __init__(self, directory, name: str | None = None, *, on_bad_example: str = "raise"):
-    from mpc_jax.data.sources import BadCounter, check_policy
-
     self.directory = os.path.abspath(os.fspath(directory))
     self.on_bad_example = check_policy(on_bad_example)
     man = load_manifest(self.directory)
@@ -122,30 +121,11 @@ class ArrayRecordSource:
           self._paths.append(f"{p}[0:{int(sh['records'])}]")  # counts from the manifest: no file opened here
     self._len = sum(int(sh["records"]) for s in sources for sh in s["shards"])
     self._counter = BadCounter(self.name)
-    self._ds = None
 
-  def _data(self):
-    if self._ds is None:
-      from array_record.python.array_record_data_source import ArrayRecordDataSource
+  def _open(self):
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-      self._ds = ArrayRecordDataSource(self._paths)
-    return self._ds
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_ds"] = None  # reopened lazily in each worker process
-    return state
-
-  def __len__(self) -> int:
-    return self._len
-
-  @property
-  def bad_examples(self):
-    return self._counter.bad_examples
-
-  @property
-  def num_bad(self) -> int:
-    return len(self._counter.bad_examples)
+    return ArrayRecordDataSource(self._paths)
 
   def record(self, index: int) -> dict[str, Any]:
     """The stored record `index` (`decode_record`)."""
@@ -155,7 +135,7 @@ class ArrayRecordSource:
     if not 0 <= index < self._len:
       raise IndexError(f"index {index} out of range [0, {self._len}) of {self.name}")
     try:
-      return decode_record(self._data()[index])
+      return decode_record(self._source()[index])
     except ValueError as e:
       raise BadExampleError(f"{self.name}[{index}]", str(e)) from None
 
@@ -170,8 +150,6 @@ class ArrayRecordSource:
 
   def load(self, index: int) -> dict[str, Any]:
     """Decode record `index`; raises `BadExampleError` whatever the policy."""
-    from mpc_jax.data.sources import decode_encoded
-
     rec = self.record(index)
     return decode_encoded(rec["image"], rec["mask"], rec["path"])
 

@@ -43,6 +43,7 @@ __all__ = [
   "BadExampleError",
   "PairSource",
   "TfdsSource",
+  "ReopenedSource",
   "MixtureSource",
   "WeightedSampleSource",
   "source_from_spec",
@@ -481,7 +482,40 @@ def _png_example(source, index: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-class TfdsSource:
+class ReopenedSource:
+  """Base of the sources that read through a handle opened on first use (`_open()`, reached through
+  `_source()`). The handle is left out when the source is pickled to a grain worker process, which
+  reopens it. Subclasses set `self._len` and `self._counter` (a `BadCounter`)."""
+
+  _handle = None
+
+  def _open(self):
+    raise NotImplementedError
+
+  def _source(self):
+    if self._handle is None:
+      self._handle = self._open()
+    return self._handle
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop("_handle", None)
+    return state
+
+  def __len__(self) -> int:
+    return self._len
+
+  @property
+  def bad_examples(self) -> list[tuple[str, str]]:
+    """`(path, reason)` of every example skipped so far in this process."""
+    return self._counter.bad_examples
+
+  @property
+  def num_bad(self) -> int:
+    return len(self._counter.bad_examples)
+
+
+class TfdsSource(ReopenedSource):
   """Random access over `tfds.data_source(name, split)` (array_record), as our records.
 
   Features used: either `image_bytes` / `mask_bytes` (encoded files, as our `data/` builders store them;
@@ -498,32 +532,13 @@ class TfdsSource:
     self.data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     self.on_bad_example = check_policy(on_bad_example)
     self._counter = BadCounter(f"tfds:{name}:{split}")
-    self._ds = None
     self._len = len(self._source())
 
-  def _source(self):
-    if self._ds is None:
-      import tensorflow_datasets as tfds
+  def _open(self):
+    import tensorflow_datasets as tfds
 
-      kw = {"data_dir": self.data_dir} if self.data_dir else {}
-      self._ds = tfds.data_source(self.name, split=self.split, **kw)
-    return self._ds
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_ds"] = None  # reopened lazily in each worker process
-    return state
-
-  def __len__(self) -> int:
-    return self._len
-
-  @property
-  def bad_examples(self):
-    return self._counter.bad_examples
-
-  @property
-  def num_bad(self) -> int:
-    return len(self._counter.bad_examples)
+    kw = {"data_dir": self.data_dir} if self.data_dir else {}
+    return tfds.data_source(self.name, split=self.split, **kw)
 
   def _example(self, index: int):
     ex = self._source()[int(index)]
