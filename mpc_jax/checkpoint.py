@@ -14,7 +14,6 @@ import shutil
 import weakref
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -131,7 +130,7 @@ def load_model(path, *, dtype="float32"):
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(mdir / "state", target)
   state = nnx.state(model, _SAVED)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, restored))
+  nnx.replace_by_pure_dict(state, jax.device_put(restored))
   nnx.update(model, state)
   model.eval()
   _INFO[model] = dict(cfg.get("training") or {}, path=str(mdir))

@@ -17,7 +17,7 @@ import pathlib
 import re
 import sys
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -126,7 +126,7 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
   flat = nnx.to_flat_state(nnx.state(model))
   nnx.update(
     model,
-    nnx.from_flat_state([(p, v.replace(jnp.asarray(updates[p])) if p in updates else v) for p, v in flat]),
+    nnx.from_flat_state([(p, v.replace(jax.device_put(updates[p])) if p in updates else v) for p, v in flat]),
   )
   model.eval()
   return model

@@ -1,5 +1,6 @@
-"""The `mpc-jax` command as a newcomer meets it: run as a subprocess from another folder with relative
-paths; every run must end with the expected exit status (0 ok, 1 failure, 2 usage) and no traceback."""
+"""The `mpc-jax` command as a newcomer meets it: run from another folder with relative paths; every run
+must end with the expected exit status (0 ok, 1 failure, 2 usage) and no traceback. The entry point,
+help, version and training run as subprocesses; predict, eval and convert run in this process."""
 
 import json
 import os
@@ -40,6 +41,28 @@ def cli(cwd, *args, timeout=1800):
   )
   assert "Traceback" not in r.stderr + r.stdout, r.stderr
   return r
+
+
+@pytest.fixture
+def cli_here(capfd, monkeypatch):
+  """`mpc-jax ARGS` run in this process (`mpc_jax.main.run`) from folder `cwd`, with what a subprocess
+  would give: exit status, stdout, stderr (file-descriptor level) and no traceback. The commands whose
+  programs the tests compile anyway (predict, eval, convert) run here, where JAX is already loaded;
+  each subprocess start costs seconds."""
+  from mpc_jax import main
+
+  def run(cwd, *args):
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    try:
+      code = main.run([str(a) for a in args])
+    except SystemExit as e:  # argparse's own usage errors
+      code = e.code
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, err
+    return subprocess.CompletedProcess(args, code, out, err)
+
+  return run
 
 
 def one_line(text):
@@ -114,19 +137,19 @@ def test_train_usage_errors_are_one_line(ws):
 
 
 # -------------------------------------------------------------------------------- predict and eval
-def test_predict_and_eval_with_relative_paths(ws):
-  r = cli(ws, "predict", "data", "big/photo.jpg", "--checkpoint", "models/tiny", "--out", "preds")
+def test_predict_and_eval_with_relative_paths(ws, cli_here):
+  r = cli_here(ws, "predict", "data", "big/photo.jpg", "--checkpoint", "models/tiny", "--out", "preds")
   assert r.returncode == 0, r.stderr
   assert "data/images" in r.stderr  # the dataset folder's images/ was used
   stems = sorted(os.path.splitext(f)[0] for f in os.listdir(ws / "data" / "images")) + ["photo"]
   for stem in stems:
     assert (ws / "preds" / f"{stem}_prob.png").is_file()
   assert cv2.imread(str(ws / "preds" / "photo_mask.png"), cv2.IMREAD_UNCHANGED).shape == (2000, 3000)
-  r = cli(ws, "eval", "--checkpoint", "models/tiny", "--data", "data", "--out", "ev", "--no-progress")
+  r = cli_here(ws, "eval", "--checkpoint", "models/tiny", "--data", "data", "--out", "ev", "--no-progress")
   assert r.returncode == 0, r.stderr
   meta = json.loads((ws / "ev" / "results.json").read_text())["meta"]
   assert meta["protocol"] == "resize" and meta["size"] == 64  # the size the model was saved as trained at
-  r = cli(
+  r = cli_here(
     ws,
     "eval",
     "--checkpoint",
@@ -144,28 +167,28 @@ def test_predict_and_eval_with_relative_paths(ws):
   assert r.returncode == 0 and "trained at 64 px" in r.stderr
 
 
-def test_model_errors_and_warnings(ws):
-  r = cli(ws, "predict", "data", "--checkpoint", "empty", "--out", "p1")
+def test_model_errors_and_warnings(ws, cli_here):
+  r = cli_here(ws, "predict", "data", "--checkpoint", "empty", "--out", "p1")
   errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
   assert r.returncode == 1 and len(errors) == 1 and "empty" in errors[0]
-  r = cli(ws, "eval", "--data", "data", "--out", "e1")
+  r = cli_here(ws, "eval", "--data", "data", "--out", "e1")
   assert r.returncode == 2 and "--checkpoint" in one_line(r.stderr)
-  r = cli(ws, "predict", "data/images", "--checkpoint", "models/s1", "--out", "p2", "--no-progress")
+  r = cli_here(ws, "predict", "data/images", "--checkpoint", "models/s1", "--out", "p2", "--no-progress")
   assert r.returncode == 0 and "stage-1" in r.stderr
-  r = cli(ws, "predict", "empty", "--checkpoint", "models/tiny", "--out", "p3")
+  r = cli_here(ws, "predict", "empty", "--checkpoint", "models/tiny", "--out", "p3")
   assert r.returncode == 1 and "no image files" in one_line(r.stderr)
 
 
-def test_convert_takes_the_models_own_config(ws):
-  r = cli(
+def test_convert_takes_the_models_own_config(ws, cli_here):
+  r = cli_here(
     ws, "convert", "win4.npz", "--out", "models/c1", "--hrformer-config", "models/win4/model_config.json"
   )
   assert r.returncode == 0, r.stderr
-  r = cli(ws, "convert", "win4.npz", "--out", "models/c2", "--hrformer-config", "hrt_tiny")
+  r = cli_here(ws, "convert", "win4.npz", "--out", "models/c2", "--hrformer-config", "hrt_tiny")
   assert r.returncode == 0 and "window sizes taken from the weights" in r.stderr
   saved = json.loads((ws / "models" / "c2" / "model_config.json").read_text())
   assert saved["hrformer_config"]["STAGE4"]["NUM_WINDOW_SIZES"] == [4, 4, 4, 4]
-  r = cli(ws, "convert", "backbone.npz", "--out", "models/c3", "--hrformer-config", "models/win4")
+  r = cli_here(ws, "convert", "backbone.npz", "--out", "models/c3", "--hrformer-config", "models/win4")
   assert r.returncode == 1 and "--head none" in r.stderr
 
 

@@ -16,7 +16,7 @@ from mpc_jax.convert import (
 )
 from mpc_jax.models import count_params
 
-from test_model import MICRO, _forward, load_parity_fixture
+from test_model import MICRO, ODD_HW, _forward, load_parity_fixture
 
 
 def random_state_dict_from_tsv(path, seed=0):
@@ -117,7 +117,7 @@ def test_file_formats_and_cli(tmp_path, capsys):
   import json
 
   cfg_path.write_text(json.dumps(MICRO))
-  images = jax.random.uniform(jax.random.key(0), (1, 40, 40, 3))
+  images = jax.random.uniform(jax.random.key(0), (1, *ODD_HW, 3))  # test_model's compiled size
   want = np.asarray(_forward(source, images)[1])
   for i, path in enumerate(paths):
     out = tmp_path / f"model{i}"

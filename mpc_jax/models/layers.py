@@ -30,10 +30,16 @@ class Init:
     self.rngs = nnx.Rngs(params=seed, droppath=seed + 1)
 
   def uniform(self, shape, bound):
-    return jnp.asarray(self.np.uniform(-bound, bound, shape).astype(np.float32))
+    return jax.device_put(self.np.uniform(-bound, bound, shape).astype(np.float32))
 
   def trunc_normal(self, shape, std):
-    return jnp.asarray((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
+    return jax.device_put((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
+
+
+def constant(shape, value, dtype=np.float32):
+  """A device array of `value` built on the host: `jnp.full` would compile a program per shape, which
+  made building a model (and so loading one) seconds slower."""
+  return jax.device_put(np.full(shape, value, dtype))
 
 
 # How depth-wise convolutions (groups == channels) run, per `Conv.depthwise`: 'xla' (XLA's grouped
@@ -145,7 +151,7 @@ class Linear(nnx.Module):
 
   def __init__(self, cin, cout, *, init, dtype=jnp.float32):
     self.kernel = nnx.Param(init.trunc_normal((cin, cout), 0.02))
-    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+    self.bias = nnx.Param(constant((cout,), 0.0))
     self.dtype = dtype
 
   def __call__(self, x):
@@ -214,11 +220,11 @@ class BatchNorm(nnx.Module):
   """
 
   def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
-    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-    self.num_batches_tracked = BatchCount(jnp.zeros((), jnp.int32))
+    self.scale = nnx.Param(constant((num_features,), 1.0))
+    self.bias = nnx.Param(constant((num_features,), 0.0))
+    self.mean = nnx.BatchStat(constant((num_features,), 0.0))
+    self.var = nnx.BatchStat(constant((num_features,), 1.0))
+    self.num_batches_tracked = BatchCount(constant((), 0, np.int32))
     self.eps = eps
     self.momentum = momentum
     self.use_running_average = False
@@ -245,8 +251,8 @@ class LayerNorm(nnx.Module):
   """LayerNorm over the last axis, as `torch.nn.LayerNorm` (computed in float32)."""
 
   def __init__(self, num_features: int, *, eps: float = 1e-6):
-    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.scale = nnx.Param(constant((num_features,), 1.0))
+    self.bias = nnx.Param(constant((num_features,), 0.0))
     self.eps = eps
 
   def __call__(self, x):
