@@ -36,7 +36,7 @@ setup(
     "importlib_resources>=6.0",  # tfds builds without TensorFlow need it
   ],
   extras_require={
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "ruff>=0.16,<0.17"],
+    "test": ["pytest>=8", "pytest-xdist>=3.8", "scikit-learn>=1.4", "ruff>=0.16,<0.17"],
     "torch": ["torch>=2.2"],
   },
   entry_points={"console_scripts": ["mpc-jax=mpc_jax.main:run"]},

@@ -123,6 +123,7 @@ def test_help_and_version_everywhere(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- train errors
+@pytest.mark.slow
 def test_train_usage_errors_are_one_line(ws):
   r = cli(ws, "train", "--config", "configs/demo.py", "--workdir", "run", "--config.stage2.num_step=5")
   assert r.returncode == 2 and 'Did you mean "num_steps"' in one_line(r.stderr)
@@ -137,6 +138,7 @@ def test_train_usage_errors_are_one_line(ws):
 
 
 # -------------------------------------------------------------------------------- predict and eval
+@pytest.mark.slow
 def test_predict_and_eval_with_relative_paths(ws, cli_here):
   r = cli_here(ws, "predict", "data", "big/photo.jpg", "--checkpoint", "models/tiny", "--out", "preds")
   assert r.returncode == 0, r.stderr
@@ -167,6 +169,7 @@ def test_predict_and_eval_with_relative_paths(ws, cli_here):
   assert r.returncode == 0 and "trained at 64 px" in r.stderr
 
 
+@pytest.mark.slow
 def test_model_errors_and_warnings(ws, cli_here):
   r = cli_here(ws, "predict", "data", "--checkpoint", "empty", "--out", "p1")
   errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]

@@ -16,7 +16,8 @@ from mpc_jax.convert import (
 )
 from mpc_jax.models import count_params
 
-from test_model import MICRO, ODD_HW, _forward, load_parity_fixture
+from test_model import MICRO, ODD_HW, _forward
+from test_parity import load_parity_fixture
 
 
 def random_state_dict_from_tsv(path, seed=0):
@@ -102,6 +103,7 @@ def test_backbone_only_and_dataparallel_prefixes():
     from_torch_state_dict(sd, MICRO, head=None)
 
 
+@pytest.mark.slow
 def test_file_formats_and_cli(tmp_path, capsys):
   from mpc_jax.models import build_mpc
 

@@ -280,6 +280,7 @@ def test_data_config_forms_merge_over_the_one_set_of_defaults():
   assert d.num_epochs == 3 and d.sources == ("x",)
 
 
+@pytest.mark.slow
 def test_worker_processes_and_checkpoint_roundtrip(tmp_path):
   """The one test that spawns a grain worker process: same batches as in-process, resumable state."""
   cfg = _cfg(num_workers=1, augment=True)

@@ -152,6 +152,7 @@ def _write_set(root, n=4, seed=0, broken=False):
     cv2.imwrite(str(root / "masks" / "im9.png"), np.zeros((50, 50), np.uint8))
 
 
+@pytest.mark.slow
 def test_eval_cli_two_sets_perturb_and_masks(tmp_path, monkeypatch, capsys):
   tiny = make_tiny()
   import mpc_jax.evaluate as ev_mod
@@ -232,57 +233,3 @@ def test_eval_broken_file_raises_or_skips(tmp_path, monkeypatch, capsys):
   rows = list(csv.DictReader(open(out / "results.csv")))
   assert rc == 0 and rows[0]["n_images"] == "2" and rows[0]["n_failed"] == "1"
   assert "im9.png" in open(out / "results.md").read()
-
-
-def test_cli_end_to_end_with_a_saved_checkpoint(tmp_path):
-  """The real loader: `mpc-jax predict` and `mpc-jax eval` on a saved checkpoint of the tests' tiny
-  HRFormer."""
-  from mpc_jax.checkpoint import save_model
-  from mpc_jax.main import run
-  from mpc_jax.models import build_mpc
-  from train_testlib import TINY_HRFORMER
-
-  model = build_mpc(TINY_HRFORMER, seed=0)
-  save_model(model, tmp_path / "ckpt")
-  _write_set(tmp_path / "s", 2, 4)
-  assert (
-    run(
-      [
-        "eval",
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--data",
-        str(tmp_path / "s"),
-        "--out",
-        str(tmp_path / "ev"),
-        "--size",
-        "64",
-        "--batch-size",
-        "1",
-        "--no-progress",
-      ]
-    )
-    == 0
-  )
-  assert (tmp_path / "ev" / "results.json").exists()
-  assert (
-    run(
-      [
-        "predict",
-        str(tmp_path / "s" / "images"),
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--out",
-        str(tmp_path / "pr"),
-        "--mode",
-        "resize",
-        "--size",
-        "64",
-        "--batch-size",
-        "1",
-        "--no-progress",
-      ]
-    )
-    == 0
-  )
-  assert sorted(os.listdir(tmp_path / "pr"))[:3] == ["im0_mask.png", "im0_overlay.jpg", "im0_prob.png"]

@@ -18,6 +18,7 @@ def code_cells(path):
       yield "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("!", "%")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
   import matplotlib

@@ -1,8 +1,9 @@
 """predict: window plans, bucketing, odd sizes, tiling vs untiled, the CLI on a folder with broken files.
 
-Model tests use the random-init `hrt_tiny` wrapped so its logits have unit spread (a random HRFormer's
-logits sit near +550 and every probability would be 1.0, which would make every comparison vacuous). Only
-two programs are compiled: (1, 128, 128) and (1, 192, 192).
+Model tests use the tests' random-init tiny HRFormer (`train_testlib.TINY_HRFORMER`) wrapped so its
+logits have unit spread (a random HRFormer's logits sit near +550 and every probability would be 1.0,
+which would make every comparison vacuous). Only two programs are compiled: (1, 128, 128) and
+(1, 192, 192).
 """
 
 import os
@@ -14,12 +15,13 @@ import pytest
 from flax import nnx
 
 from mpc_jax import predict as P
+from train_testlib import TINY_HRFORMER
 
-# Tiling tolerance (tiny random model, logits scaled to unit std, 192x192 image, tile 128, overlap 64):
-# a windowed-attention model sees different context in a tile, so outputs differ. With PyTorch's default
-# conv init, measured over images of seeds 3/5/7: mean |dp| 0.120-0.132, max 0.31-0.35, mask agreement
-# 0.74-0.76. A purely local model must match to 1e-5 (test below).
-TILE_MEAN_TOL, TILE_MAX_TOL, TILE_AGREE_MIN = 0.16, 0.5, 0.7
+# Tiling tolerance (the tests' tiny random HRFormer, logits scaled to unit std, 192x192 image, tile 128,
+# overlap 64): a windowed-attention model sees different context in a tile, so outputs differ. With
+# PyTorch's default conv init, measured over images of seeds 3/5/7/11: mean |dp| 0.042-0.045, max
+# 0.21-0.25, mask agreement 0.85-0.88. A purely local model must match to 1e-5 (test below).
+TILE_MEAN_TOL, TILE_MAX_TOL, TILE_AGREE_MIN = 0.07, 0.4, 0.78
 
 
 class Calibrated(nnx.Module):
@@ -45,7 +47,7 @@ def textured(hw, seed=0):
 def make_tiny():
   from mpc_jax.models import build_mpc
 
-  model = build_mpc("hrt_tiny", seed=0)
+  model = build_mpc(TINY_HRFORMER, seed=0)
   model.eval()
   cal = Calibrated(model)
   p = P.predict_arrays(cal, textured((128, 128)), batch_size=1, mode="native")["prob"].astype(np.float64)

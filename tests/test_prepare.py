@@ -304,6 +304,7 @@ def test_cli_exit_codes_and_verify(folder, tmp_path):
   assert r.returncode == 1 and "set-00001-of-00003" in r.stderr
 
 
+@pytest.mark.slow
 def test_tiny_training_run_reads_arrayrecord_shards(tmp_path):
   """A few training steps (of the tests' small model) with `arrayrecord:` shards as the only source."""
   sys.path.insert(0, str(ROOT / "tests"))
@@ -363,6 +364,7 @@ def test_a_folder_without_masks_is_packed_as_authentic(tmp_path):
     prep.prepare([str(tmp_path / "au")], tmp_path / "ar2", workers=1, progress=False, missing_mask="bad")
 
 
+@pytest.mark.slow
 def test_train_cli_takes_arrayrecord_sources_on_the_command_line(tmp_path):
   """`--config.data.sources='("arrayrecord:DIR",)'` is a valid override (a tuple field); a missing folder is
   then reported by name, in one line."""

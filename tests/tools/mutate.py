@@ -189,8 +189,8 @@ MUTANTS = (
     "def __init__(self, num_features: int, *, eps: float = 1e-5):",
     (
       "tests/test_layers.py",
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -200,8 +200,8 @@ MUTANTS = (
     "gelu = lambda y: jax.nn.gelu(y, approximate=False)",
     "gelu = lambda y: jax.nn.gelu(y, approximate=True)",
     (
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -212,8 +212,8 @@ MUTANTS = (
     "return jnp.concatenate([jnp.pad(f, ((0, 0), (0, size[0] - f.shape[1]), (0, size[1] - f.shape[2]),"
     " (0, 0)), mode='edge') for f in features], axis=-1)",
     (
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -223,8 +223,8 @@ MUTANTS = (
     "y = y + resize_bilinear_align_corners(run_sequence(row[j], xs[j]), xs[i].shape[1:3])",
     "y = y + run_sequence(row[j], xs[j])[:, :xs[i].shape[1], :xs[i].shape[2]]",
     (
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -234,8 +234,8 @@ MUTANTS = (
     "xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))",
     "xp = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))",
     (
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -245,8 +245,8 @@ MUTANTS = (
     "bn=BatchNorm(OUT_CHANNELS, eps=1e-3, momentum=0.03)",
     "bn=BatchNorm(OUT_CHANNELS, eps=1e-5, momentum=0.03)",
     (
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
@@ -257,8 +257,8 @@ MUTANTS = (
     "src = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)",
     (
       "tests/test_layers.py",
-      "tests/test_model.py::test_parity_with_reference_fixture",
-      "tests/test_model.py::test_parity_at_sizes_not_multiple_of_32",
+      "tests/test_parity.py::test_parity_with_reference_fixture",
+      "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
     ),
   ),
   M(
