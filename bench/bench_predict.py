@@ -4,9 +4,11 @@ Random-init `hrt_base` + `catnet` head (weights do not change the speed), float3
 `mpc_jax.predict.Predictor` (one jitted program per batch shape). Per batch size: compile time (first
 call), then the best and median of `--iters` timed calls -> images/s of the model alone; and
 `predict_arrays` end to end on one 640x480 uint8 image in the reference protocol (resize to 512,
-upsample the 1/4 map, threshold), which adds the cv2 resizes.
+upsample the 1/4 map, threshold), which adds the cv2 resizes; and a folder of `--folder` mixed-size
+JPEG/PNG files through `predict_paths` (what `mpc-jax predict DIR` runs: decode, resize, predict,
+upsample, write the maps), whose images/s is compared with the batch-1 forward's in the same run.
 
-    python bench/bench_predict.py [--batch 1 2] [--iters 3]   # writes bench/results/predict.json
+    python bench/bench_predict.py [--batch 1 2] [--iters 3] [--folder 20]   # bench/results/predict.json
 """
 
 import argparse
@@ -21,12 +23,53 @@ import time
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "predict.json"
 
 
+def time_folder(model, n: int, size: int, forward_images_per_s: float) -> dict:
+  """`predict_paths` over a folder of `n` images of mixed sizes and formats (resize mode, batch 1), twice:
+  the first pass is the warm-up, the second is timed. Compares its images/s with the forward's."""
+  import tempfile
+
+  import cv2
+  import numpy as np
+
+  from mpc_jax.predict import predict_paths
+
+  rng = np.random.default_rng(1)
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = pathlib.Path(tmp) / "images"
+    folder.mkdir()
+    sizes = []
+    for i in range(n):
+      h, w = (int(v) for v in rng.integers(300, 1400, 2))
+      img = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+      cv2.imwrite(str(folder / f"im{i:02d}.{'jpg' if i % 2 else 'png'}"), img)
+      sizes.append([h, w])
+    passes = []
+    for k in range(2):
+      t = time.time()
+      rows = predict_paths(
+        model, [str(folder)], out_dir=str(pathlib.Path(tmp) / f"out{k}"), size=size, batch_size=1
+      )
+      passes.append(time.time() - t)
+    assert all(r["ok"] for r in rows) and len(rows) == n
+  rate = n / passes[1]
+  return dict(
+    images=n,
+    sizes_hw=sizes,
+    warmup_pass_s=round(passes[0], 2),
+    timed_pass_s=round(passes[1], 2),
+    images_per_s=round(rate, 4),
+    forward_images_per_s=forward_images_per_s,
+    ratio_to_forward=round(rate / forward_images_per_s, 3),
+  )
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="hrt_base")
   ap.add_argument("--size", type=int, default=512)
   ap.add_argument("--batch", type=int, nargs="+", default=[1, 2])
   ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--folder", type=int, default=20, help="mixed-size images in the folder run (0: skip)")
   ap.add_argument("--out", default=str(RESULTS))
   args = ap.parse_args()
 
@@ -92,6 +135,10 @@ def main():
     best_s=round(min(times), 3), images_per_s=round(1 / min(times), 3)
   )
   print(json.dumps(report["end_to_end_640x480_resize512"]))
+  if args.folder:
+    forward_rate = next(r["images_per_s_median"] for r in report["runs"] if r["batch"] == 1)
+    report["folder"] = time_folder(model, args.folder, args.size, forward_rate)
+    print(json.dumps(report["folder"]), flush=True)
   report["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]  # > cpu_count: shared, timings inflated
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from common import write_result
@@ -111,6 +158,11 @@ def main():
       "images_per_s_best": "images/s",
       "images_per_s_median": "images/s",
       "images_per_s": "images/s",
+      "forward_images_per_s": "images/s (batch-1 median above)",
+      "ratio_to_forward": "folder images/s / forward images/s",
+      "warmup_pass_s": "s",
+      "timed_pass_s": "s",
+      "sizes_hw": "px",
       "load_avg_start": "runnable processes (1/5/15-min load average)",
       "load_avg_end": "runnable processes (1/5/15-min load average)",
     },

@@ -89,8 +89,8 @@ def install_scopes():
   for module in (hrformer, mpc):
     _scoped_function(module, "resize_bilinear_align_corners", "resize")
   for name in ("multiview_pixel_contrast", "multiview_pixel_contrast_sharded"):
-    _scoped_function(train, name, "loss")
-  _scoped_function(train, "_apply", "optimizer")
+    _scoped_function(steps, name, "loss")
+  _scoped_function(steps, "_apply", "optimizer")
 
 
 # ------------------------------------------------------------------------------------ HLO parsing

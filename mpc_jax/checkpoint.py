@@ -123,7 +123,7 @@ def load_model(path, *, dtype="float32"):
   """The model saved at `path` (a model dir or a training workdir), in eval mode."""
   mdir = resolve_model_dir(path)
   cfg = read_model_config(mdir)
-  model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype)
+  model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype, random_init=False)
   target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
   if not (mdir / "state").is_dir():
     raise FileNotFoundError(f"{mdir} holds model_config.json but no state/ folder: the export is incomplete")

@@ -85,7 +85,8 @@ def from_torch_state_dict(state_dict, hrformer_config=None, head="catnet", *, dt
         f"decoder keys, e.g. {unexpected_head[:3]}; convert with --head catnet or --head casiav2 "
         "(head='catnet' / 'casiav2' in Python)"
       )
-  model = build_mpc(hrformer_config or "hrt_base", head or "catnet", dtype=dtype)
+  # Every weight is replaced below, except a backbone-only checkpoint's head, which stays random.
+  model = build_mpc(hrformer_config or "hrt_base", head or "catnet", dtype=dtype, random_init=head is None)
   ours = _flat_state(model)
   if head is None:
     ours = {k: v for k, v in ours.items() if not k.startswith("decoder.")}

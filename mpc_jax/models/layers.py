@@ -25,14 +25,18 @@ class Init:
   """Where parameters come from: a host-side numpy generator (no device compiles at build time)
   and the `nnx.Rngs` that drop path draws its masks from (stream `droppath`)."""
 
-  def __init__(self, seed: int = 0):
-    self.np = np.random.default_rng(seed)
+  def __init__(self, seed: int = 0, random: bool = True):
+    self.np = np.random.default_rng(seed) if random else None
     self.rngs = nnx.Rngs(params=seed, droppath=seed + 1)
 
   def uniform(self, shape, bound):
+    if self.np is None:  # weights that saved values will replace
+      return constant(shape, 0.0)
     return jax.device_put(self.np.uniform(-bound, bound, shape).astype(np.float32))
 
   def trunc_normal(self, shape, std):
+    if self.np is None:
+      return constant(shape, 0.0)
     return jax.device_put((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
 
 

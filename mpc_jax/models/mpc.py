@@ -61,6 +61,7 @@ def build_mpc(
   drop_path_rate=None,
   remat: bool = False,
   depthwise: str = "auto",
+  random_init: bool = True,
 ) -> MPC:
   """A randomly initialised MPC model (train mode). `dtype` is the compute dtype; params stay f32.
 
@@ -69,6 +70,7 @@ def build_mpc(
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
   `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU in eval
   mode, XLA's grouped convolution otherwise), 'shift' or 'xla'; the same values either way.
+  `random_init=False` leaves the random weights out (zeros; for loading saved values over them).
   """
   if depthwise not in DEPTHWISE_CHOICES:
     raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
@@ -77,7 +79,12 @@ def build_mpc(
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     dtype = jnp.dtype(dtype)
   model = MPC(
-    hrformer_config, head, init=Init(seed), dtype=dtype, drop_path_rate=drop_path_rate, remat=bool(remat)
+    hrformer_config,
+    head,
+    init=Init(seed, random=random_init),
+    dtype=dtype,
+    drop_path_rate=drop_path_rate,
+    remat=bool(remat),
   )
   model.set_attributes(depthwise=depthwise)
   return model
