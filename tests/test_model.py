@@ -121,6 +121,18 @@ def test_save_and_load_model_gives_an_identical_model(tmp_path):
       np.testing.assert_array_equal(np.asarray(b[...]), np.asarray(a[...]), err_msg=str(path))
 
 
+def test_build_without_random_weights_has_the_same_structure():
+  """`random_init=False` (what loading uses) gives the same graph and shapes, and draws nothing: every
+  weight is a constant (zeros where a random draw would be, the norms' ones)."""
+  random, empty = build_mpc(MICRO, seed=0), build_mpc(MICRO, seed=0, random_init=False)
+  (graph, arrays), (graph_empty, arrays_empty) = nnx.split(random), nnx.split(empty)
+  assert graph_empty == graph
+  drawn = lambda model: sum(np.ptp(np.asarray(x)) > 0 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert drawn(empty) == 0 and drawn(random) > 50
+  shapes = lambda st: [(p, np.shape(v[...])) for p, v in nnx.to_flat_state(st) if type(v) is not nnx.RngKey]
+  assert shapes(arrays_empty) == shapes(arrays)
+
+
 def test_load_model_from_workdir_prefers_best(tmp_path):
   save_model(build_mpc(MICRO, head="catnet", seed=0), tmp_path / "model_latest")
   save_model(build_mpc(MICRO, head="casiav2", seed=0), tmp_path / "model_best")

@@ -70,7 +70,7 @@ def build_mpc(
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
   `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU in eval
   mode, XLA's grouped convolution otherwise), 'shift' or 'xla'; the same values either way.
-  `random_init=False` leaves the random weights out (zeros; for loading saved values over them).
+  `random_init=False` draws no random weights (zeros instead; for loading saved values over them).
   """
   if depthwise not in DEPTHWISE_CHOICES:
     raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
