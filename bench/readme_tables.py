@@ -70,10 +70,39 @@ def fig_predict() -> str:
   d = load("predict.json")
   r = row(d["runs"], batch=1)
   e2e = d["end_to_end_640x480_resize512"]
-  return (
+  text = (
     f"{r['images_per_s_median']:.2f} images/s (median {r['median_s']:.2f} s); a 640x480 image end to end "
     f"(resize, predict, upsample) {e2e['best_s']:.2f} s"
   )
+  if "folder" in d:
+    f = d["folder"]
+    text += (
+      f"; a folder of {f['images']} mixed-size JPEG/PNG files through `predict_paths` (decode, predict, write "
+      f"the maps) {f['images_per_s']:.3f} images/s, {f['ratio_to_forward']:.2f}x the forward's rate"
+    )
+  return text
+
+
+def fig_cold_start() -> str:
+  rows = load("cold_start_cpu.json")["rows"]
+  ref = [r for r in rows if r["impl"].startswith("reference")][0]
+  cold = [r for r in rows if "empty" in r["impl"]][0]
+  warm = [r for r in rows if "earlier run" in r["impl"]][0]
+  return (
+    f"reference {ref['median_s']:.1f} s; `mpc-jax predict` {cold['median_s']:.1f} s with an empty compilation "
+    f"cache ({cold['speed_vs_reference']:.2f}x the reference's speed), {warm['median_s']:.1f} s with the "
+    f"cache of an earlier run ({warm['speed_vs_reference']:.2f}x)"
+  )
+
+
+def fig_profile() -> str:
+  d = load("profile_cpu_hrt_base.json")
+  parts = []
+  for program in dict.fromkeys(r["program"] for r in d["rows"]):
+    rows = sorted((r for r in d["rows"] if r["program"] == program), key=lambda r: -r["share"])
+    top = ", ".join(f"{r['family']} {100 * r['share']:.0f}%" for r in rows[:4])
+    parts.append(f"{program}, {rows[0]['wall_s']:.2f} s per call under the profiler: {top}")
+  return "; ".join(parts) + f" (depth-wise form: {d['depthwise']})"
 
 
 def fig_loss() -> str:
@@ -211,6 +240,18 @@ ROWS = [
     fig_reference,
   ),
   ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
+  (
+    "cold start: one 640x480 image predicted by a fresh process, HRT-base weights from a file, same machine",
+    "cold_start_cpu.json",
+    "",
+    fig_cold_start,
+  ),
+  (
+    "where the time goes on the CPU, HRT-base, kernel time per op family (top four)",
+    "profile_cpu_hrt_base.json",
+    "",
+    fig_profile,
+  ),
   ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
   ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
   (
