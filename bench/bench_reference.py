@@ -1,12 +1,15 @@
-"""The MPC forward of mpc-jax beside the PyTorch reference's, on this machine, in one run.
+"""The MPC forward and stage-1 step of mpc-jax beside the PyTorch reference's, on this machine, in one run.
 
-  python bench/bench_reference.py --reference PATH/TO/MPC [--size 512] [--repeats 3]
+  python bench/bench_reference.py --reference PATH/TO/MPC [--what forward] [--size 512] [--repeats 3]
                                   [--depthwise auto,xla] [--out NAME]
+  python bench/bench_reference.py --reference PATH/TO/MPC --what stage1 --size 256 --batch 2
 
-PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC, whose stage-2 model runs beside ours
-(`reference_forward`): random weights, eval mode, float32, batch 1. Both sides report build, first call
-and median of `--repeats` calls, mpc-jax also lower and compile. Writes bench/results/NAME.json (default
-`reference_PLATFORM`).
+PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC. `--what forward` runs its stage-2 model beside
+ours (`reference_forward`): random weights, eval mode, float32, batch 1. `--what stage1` runs its
+stage-1 training step beside ours (`reference_stage1_step`): two train-mode passes, the supervised
+InfoNCE loss, AdamW. Both sides report build, first call and median of `--repeats` calls, mpc-jax also
+lower and compile. Writes bench/results/NAME.json (default `reference_PLATFORM`, or
+`reference_stage1_PLATFORM`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 
@@ -65,16 +69,93 @@ print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.med
 )
 
 
+REFERENCE_STAGE1_SCRIPT = (
+  REFERENCE_STUBS
+  + r"""
+import json, statistics, time
+import torch.nn.functional as F
+root, size, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, root + "/CATNet_dataset_train/stage1")
+t0 = time.perf_counter()
+from HRFormer.hrt_backbone import HighResolutionTransformer
+from HRFormer.hrt_config import MODEL_CONFIGS
+from losses import MyLoss
+torch.manual_seed(0)
+net = HighResolutionTransformer(MODEL_CONFIGS["hrt_base"]).train()
+opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+build = time.perf_counter() - t0
+x = torch.rand(batch, 3, size, size)
+gt = torch.zeros(batch, size // 4, size // 4)
+gt[:, : size // 8] = 1.0  # top half forged, as bench_train's batch
+
+def step():  # stage1/train.py's MPC.process(isTrain=True)
+  opt.zero_grad()
+  fx = [F.normalize(f.permute(0, 2, 3, 1), dim=3) for f in net(x)]
+  fy = [F.normalize(f.permute(0, 2, 3, 1), dim=3) for f in net(x)]
+  loss = torch.stack([MyLoss([f[i] for f in fx], [f[i] for f in fy], gt[i]) for i in range(batch)]).mean()
+  loss.backward()
+  opt.step()
+  return float(loss)
+
+t0 = time.perf_counter(); loss = step(); first = time.perf_counter() - t0
+times = []
+for _ in range(repeats):
+  t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.median(times), min_s=min(times),
+                      loss=loss, torch=torch.__version__, threads=torch.get_num_threads())))
+"""
+)
+
+
+def reference_stage1_step(root: str, size: int, batch: int, repeats: int) -> dict:
+  """Times the reference's stage-1 step (its `stage1/` HRFormer-base, two passes, `losses.MyLoss` per
+  image with 5000 sampled pixels per set, AdamW) in a subprocess, as `reference_forward`."""
+  return _run_reference(REFERENCE_STAGE1_SCRIPT, root, size, batch, repeats)
+
+
+def ours_stage1_step(size: int, batch: int, repeats: int, depthwise: str) -> dict:
+  """Our stage-1 step as `bench/bench_train.py` builds it (HRT-base, 5000 sampled pixels per set)."""
+  import argparse as _argparse
+
+  from bench_train import _compile
+
+  from mpc_jax import distributed
+
+  args = _argparse.Namespace(
+    config="hrt_base",
+    dtype="float32",
+    depthwise=depthwise,
+    batch=batch,
+    num_samples=5000,
+    stage2_trainable="",
+  )
+  mesh = distributed.make_mesh(1)
+  t = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled, state, batch_arrays, times, _ = _compile(args, "stage1", size, False, mesh)
+    holder = [state]
+
+    def run():
+      holder[0], metrics = compiled(holder[0], batch_arrays)  # the state is donated: thread it through
+      return metrics["loss/total"]
+
+    build_s = time.perf_counter() - t - times["lower_s"] - times["compile_s"]
+    timing = time_fn(run, repeats=repeats)
+  return dict(build_s=build_s, **times, **timing)
+
+
+def _run_reference(script: str, *argv) -> dict:
+  proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise SystemExit(f"bench_reference: the reference did not run: {proc.stderr.strip().splitlines()[-1:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def reference_forward(root: str, size: int, repeats: int) -> dict:
   """Times the reference's stage-2 model (`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head,
   `no_grad`) in a subprocess with the `torch`, `yacs` and `einops` of this Python (`pip install torch yacs
   einops`); timm is given the two helpers the reference imports from it when it is not installed."""
-  proc = subprocess.run(
-    [sys.executable, "-c", REFERENCE_SCRIPT, root, str(size), str(repeats)], capture_output=True, text=True
-  )
-  if proc.returncode != 0:
-    raise SystemExit(f"bench_reference: the reference did not run: {proc.stderr.strip().splitlines()[-1:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return _run_reference(REFERENCE_SCRIPT, root, size, repeats)
 
 
 def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
@@ -93,33 +174,45 @@ def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--reference", required=True, help="a checkout of github.com/multimediaFor/MPC")
+  p.add_argument("--what", default="forward", choices=("forward", "stage1"), help="the program to time")
   p.add_argument("--size", type=int, default=512)
+  p.add_argument("--batch", type=int, default=2, help="stage-1 step batch (the forward runs batch 1)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--depthwise", default="auto,xla", help="mpc-jax depth-wise forms to time, comma-separated")
-  p.add_argument("--out", default="", help="results name (default reference_PLATFORM)")
+  p.add_argument(
+    "--out", default="", help="results name (default reference_PLATFORM / reference_stage1_PLATFORM)"
+  )
   args = p.parse_args(argv)
   if not (pathlib.Path(args.reference) / "CATNet_dataset_train/stage2/model.py").is_file():
     p.error(
       f"--reference {args.reference!r} is not a checkout of multimediaFor/MPC "
       "(no CATNet_dataset_train/stage2/model.py)"
     )
-  rows = []
-  ref = reference_forward(args.reference, args.size, args.repeats)
-  rows.append(
+  stage1 = args.what == "stage1"
+  if stage1:
+    ref = reference_stage1_step(args.reference, args.size, args.batch, args.repeats)
+  else:
+    ref = reference_forward(args.reference, args.size, args.repeats)
+  rows = [
     dict(
       impl=f"reference (torch {ref['torch']}, {ref['threads']} threads)",
       **{k: ref[k] for k in ("build_s", "first_call_s", "median_s", "min_s")},
     )
-  )
+  ]
   for depthwise in args.depthwise.split(","):
-    rows.append(
-      dict(impl=f"mpc-jax, depthwise={depthwise}", **ours_forward(args.size, args.repeats, depthwise))
-    )
+    if stage1:
+      ours = ours_stage1_step(args.size, args.batch, args.repeats, depthwise)
+    else:
+      ours = ours_forward(args.size, args.repeats, depthwise)
+    ours = {k: ours[k] for k in ("build_s", "lower_s", "compile_s", "first_call_s", "median_s", "min_s")}
+    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}", **ours))
+    print(rows[-1], flush=True)
   for row in rows:
     row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
-    row["input"] = f"1x{args.size}x{args.size}"
+    row["input"] = f"{args.batch if stage1 else 1}x{args.size}x{args.size}"
+  platform = jax.devices()[0].platform
   report(
-    args.out or f"reference_{jax.devices()[0].platform}",
+    args.out or (f"reference_stage1_{platform}" if stage1 else f"reference_{platform}"),
     rows,
     ["impl", "input", "build_s", "lower_s", "compile_s", "first_call_s", "median_s", "speed_vs_reference"],
     {
@@ -131,6 +224,7 @@ def main(argv=None):
       "min_s": "s",
       "speed_vs_reference": "reference median / this median",
     },
+    extra={"program": "stage-1 training step" if stage1 else "forward (eval)"},
   )
 
 

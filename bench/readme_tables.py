@@ -139,17 +139,32 @@ def fig_data() -> str:
   )
 
 
-def fig_reference() -> str:
-  rows = load("reference_cpu.json")["rows"]
+def _beside_reference(name: str, forms: dict, digits: int) -> str:
+  """`reference T s; mpc-jax T s WORDS(ratio; lower + compile) ...` for each depth-wise form in `forms`."""
+  rows = load(name)["rows"]
   ref = [r for r in rows if r["impl"].startswith("reference")][0]
-  auto = row(rows, impl="mpc-jax, depthwise=auto")
-  xla = row(rows, impl="mpc-jax, depthwise=xla")
-  return (
-    f"reference {ref['median_s']:.2f} s; mpc-jax {auto['median_s']:.2f} s "
-    f"({auto['speed_vs_reference']:.2f}x the reference's speed; lower + compile "
-    f"{auto['lower_s'] + auto['compile_s']:.0f} s), {xla['median_s']:.2f} s with XLA's grouped "
-    f"depth-wise convolution ({xla['speed_vs_reference']:.2f}x)"
+  parts = []
+  for form, words in forms.items():
+    r = row(rows, impl=f"mpc-jax, depthwise={form}")
+    parts.append(
+      f"{r['median_s']:.{digits}f} s {words}({r['speed_vs_reference']:.2f}x the reference's speed; lower + "
+      f"compile {r['lower_s'] + r['compile_s']:.0f} s)"
+    )
+  return f"reference {ref['median_s']:.{digits}f} s; mpc-jax " + ", ".join(parts)
+
+
+def fig_reference() -> str:
+  return _beside_reference(
+    "reference_cpu.json", {"auto": "", "xla": "with XLA's grouped depth-wise convolution "}, 2
   )
+
+
+def fig_reference_stage1() -> str:
+  forms = {
+    "auto": "with XLA's grouped depth-wise convolution (training's default) ",
+    "shift": "with shifted adds ",
+  }
+  return _beside_reference("reference_stage1_cpu.json", forms, 1)
 
 
 def fig_depthwise() -> str:
@@ -238,6 +253,12 @@ ROWS = [
     "reference_cpu.json",
     "",
     fig_reference,
+  ),
+  (
+    "stage-1 training step beside the PyTorch reference, HRT-base, 2x256x256, float32, median of 2, same machine",
+    "reference_stage1_cpu.json",
+    "",
+    fig_reference_stage1,
   ),
   ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
   (
