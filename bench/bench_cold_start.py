@@ -143,6 +143,7 @@ def main(argv=None):
       "min_s": "s",
       "runs_s": "s",
       "speed_vs_reference": "reference median / this median",
+      "repeats": "runs of each kind",
     },
     extra={"image": "640x480 JPEG, resized to 512x512", "repeats": args.repeats},
   )
