@@ -97,7 +97,20 @@ class BadCounter:
     self.bad_examples = state["bad_examples"]
 
 
-class PairSource:
+class CountsBadExamples:
+  """`bad_examples` and `num_bad` of a source that keeps a `BadCounter` in `self._counter`."""
+
+  @property
+  def bad_examples(self) -> list[tuple[str, str]]:
+    """`(path, reason)` of every example skipped so far in this process."""
+    return self._counter.bad_examples
+
+  @property
+  def num_bad(self) -> int:
+    return len(self._counter.bad_examples)
+
+
+class PairSource(CountsBadExamples):
   """Random-access source over `(image_path, mask_path_or_None)` pairs; `None` mask = authentic.
 
   Args:
@@ -160,15 +173,6 @@ class PairSource:
     if self.on_bad_example == "raise":
       raise err
     self._counter.add(err)
-
-  @property
-  def bad_examples(self) -> list[tuple[str, str]]:
-    """`(path, reason)` of every example skipped so far in this process."""
-    return self._counter.bad_examples
-
-  @property
-  def num_bad(self) -> int:
-    return len(self._counter.bad_examples)
 
   # -- random access ---------------------------------------------------------------------------------
   def __len__(self) -> int:
@@ -482,7 +486,7 @@ def _png_example(source, index: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-class ReopenedSource:
+class ReopenedSource(CountsBadExamples):
   """Base of the sources that read through a handle opened on first use (`_open()`, reached through
   `_source()`). The handle is left out when the source is pickled to a grain worker process, which
   reopens it. Subclasses set `self._len` and `self._counter` (a `BadCounter`)."""
@@ -504,15 +508,6 @@ class ReopenedSource:
 
   def __len__(self) -> int:
     return self._len
-
-  @property
-  def bad_examples(self) -> list[tuple[str, str]]:
-    """`(path, reason)` of every example skipped so far in this process."""
-    return self._counter.bad_examples
-
-  @property
-  def num_bad(self) -> int:
-    return len(self._counter.bad_examples)
 
 
 class TfdsSource(ReopenedSource):
