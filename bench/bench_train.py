@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from common import report, time_fn  # noqa: E402
+from common import report, step_runner, time_fn  # noqa: E402
 
 from mpc_jax import compile_cache, distributed, steps, train, train_state  # noqa: E402
 from mpc_jax.models import count_params  # noqa: E402
@@ -191,12 +191,7 @@ def main():
         remat = stage == "stage1" and size in remat_sizes
         compiled, state, batch, t_compile, n_params = _compile(args, stage, size, remat, mesh)
         first_step_s = time.perf_counter() - t_start
-        holder = [state]
-
-        def run(compiled=compiled, holder=holder, batch=batch):
-          holder[0], m = compiled(holder[0], batch)  # the state is donated: thread it through
-          return m["loss/total"]
-
+        run = step_runner(compiled, state, batch)
         t = time_fn(run, repeats=args.repeats)
         flops = _flops(compiled)
         add(
@@ -212,12 +207,12 @@ def main():
             "min_s": t["min_s"],
             "images_per_s": args.batch / t["median_s"],
             "GFLOP_per_step": flops / 1e9 if flops else None,
-            "loss": float(np.asarray(run().addressable_data(0))),
+            "loss": float(np.asarray(run()["loss/total"].addressable_data(0))),
             **_memory(compiled),
             "process_peak_GiB": _process_peak_gib(),
           }
         )
-        del compiled, state, batch, holder, run
+        del compiled, state, batch, run
     if args.memory_size and "stage1" in args.stages.split(","):
       for remat in (False, True):
         if any(

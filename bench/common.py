@@ -77,6 +77,18 @@ def compile_forward(hrformer: str, size: int, depthwise: str = "auto") -> dict:
   return dict(compiled=compiled, args=(state, x), build_s=t1 - t0, lower_s=t2 - t1, compile_s=t3 - t2)
 
 
+def step_runner(compiled, state, batch):
+  """`run()`: one call of a compiled training step on `batch`, returning its metrics. The step donates
+  its state, so each call passes on the state the previous one returned."""
+  holder = [state]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics
+
+  return run
+
+
 def time_fn(fn, *args, warmup: int = 1, repeats: int = 5) -> dict:
   """Median/min wall seconds of `fn(*args)` (blocked on its outputs) after `warmup` calls."""
   t0 = time.perf_counter()

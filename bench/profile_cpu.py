@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import compile_forward, report  # noqa: E402
+from common import compile_forward, report, step_runner  # noqa: E402
 
 from mpc_jax import distributed, steps, train, train_state  # noqa: E402
 from mpc_jax.models import hrformer, layers, mpc  # noqa: E402
@@ -219,13 +219,7 @@ def _stage1(args, size, mesh):
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  holder = [state]
-
-  def run(batch):  # the state is donated: thread it through
-    holder[0], metrics = compiled(holder[0], batch)
-    return metrics
-
-  return compiled, run, (batch,), t1 - t0, t2 - t1
+  return compiled, step_runner(compiled, state, batch), (), t1 - t0, t2 - t1
 
 
 def main(argv=None):

@@ -22,8 +22,9 @@ class BatchCount(nnx.Variable):
 
 
 class Init:
-  """Where parameters come from: a host-side numpy generator (no device compiles at build time)
-  and the `nnx.Rngs` that drop path draws its masks from (stream `droppath`)."""
+  """Where parameters come from: a host-side numpy generator (no device compiles at build time), or
+  with `random=False` zeros that saved values will replace, and the `nnx.Rngs` that drop path draws
+  its masks from (stream `droppath`)."""
 
   def __init__(self, seed: int = 0, random: bool = True):
     self.np = np.random.default_rng(seed) if random else None
