@@ -80,10 +80,15 @@ def test_drop_path_views_differ_in_train_mode_only():
   assert _draws_random_bits(model, images) and not _draws_random_bits(no_drop, images)
 
 
-def _draws_random_bits(model, images):
-  """Whether the traced `model.features` draws random numbers (a drop-path mask or anything else)."""
+def _jaxpr_text(model, images):
+  """The jaxpr of `model(images)` as text, traced without compiling or running it."""
   graphdef, state = nnx.split(model)
-  jaxpr = str(jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st).features(x))(state, images))
+  return str(jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st)(x))(state, images))
+
+
+def _draws_random_bits(model, images):
+  """Whether the traced model draws random numbers (a drop-path mask or anything else)."""
+  jaxpr = _jaxpr_text(model, images)
   return "random_bits" in jaxpr or "threefry" in jaxpr
 
 
@@ -246,11 +251,8 @@ def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
 def _grouped_convs(model, images):
   """Number of grouped (depth-wise) XLA convolutions in the traced forward."""
   import re
-  from flax import nnx
 
-  graphdef, state = nnx.split(model)
-  jaxpr = str(jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st)(x))(state, images))
-  return sum(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", jaxpr))
+  return sum(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", _jaxpr_text(model, images)))
 
 
 def test_depthwise_choice_is_the_models_and_auto_follows_backend_and_mode():
