@@ -61,8 +61,16 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
   """Depth-wise 2D convolution as `kh * kw` shifted multiply-adds, accumulated in float32.
 
   `x [B, H, W, C]`, `kernel [kh, kw, 1, C]` -> `[B, H', W', C]` in `x.dtype`, the same as
-  `grouped_conv(x, kernel, stride, padding, groups=C)`.
+  `grouped_conv(x, kernel, stride, padding, groups=C)`. The 'same' case (stride 1, odd square
+  kernel, padding (kh - 1) / 2: HRFormer's MLP) has a hand-written gradient (`_same_depthwise`).
   """
+  kh, kw = kernel.shape[:2]
+  if stride == 1 and kh == kw == 2 * padding + 1:
+    return _same_depthwise(x, kernel)
+  return _shifted_taps(x, kernel, stride, padding)
+
+
+def _shifted_taps(x, kernel, stride: int, padding: int):
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
   p, s = padding, stride
@@ -76,6 +84,44 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
       term = tap.astype(jnp.float32) * k[i, j, 0]
       out = term if out is None else out + term
   return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _same_depthwise(x, kernel):
+  return _shifted_taps(x, kernel, 1, (kernel.shape[0] - 1) // 2)
+
+
+def _same_depthwise_fwd(x, kernel):
+  return _same_depthwise(x, kernel), (x, kernel)
+
+
+def _same_depthwise_bwd(residuals, g):
+  """The input's gradient is the same convolution of `g` with the flipped kernel; the kernel's is
+  summed a few rows at a time in a loop: XLA:CPU's one-pass reduction over B, H and W (what
+  autodiff gives) ran 4x slower at HRT-base's shapes (`bench/bench_depthwise.py`)."""
+  x, kernel = residuals
+  k = kernel.shape[0]
+  b, h, w, c = x.shape
+  dx = _shifted_taps(g, kernel[::-1, ::-1], 1, (k - 1) // 2).astype(x.dtype)
+  rows = 4
+  blocks = -(-h // rows)
+  extra = blocks * rows - h  # zero rows of g add nothing
+  xp = jnp.pad(x, ((0, 0), ((k - 1) // 2, (k - 1) // 2 + extra), ((k - 1) // 2, (k - 1) // 2), (0, 0)))
+  gp = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0)))
+
+  def block(i, acc):
+    xs = jax.lax.dynamic_slice(xp, (0, i * rows, 0, 0), (b, rows + k - 1, w + k - 1, c)).astype(jnp.float32)
+    gs = jax.lax.dynamic_slice(gp, (0, i * rows, 0, 0), (b, rows, w, c)).astype(jnp.float32)
+    taps = [
+      jnp.sum(xs[:, di : di + rows, dj : dj + w] * gs, axis=(0, 1, 2)) for di in range(k) for dj in range(k)
+    ]
+    return acc + jnp.stack(taps)
+
+  dk = jax.lax.fori_loop(0, blocks, block, jnp.zeros((k * k, c), jnp.float32))
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_same_depthwise.defvjp(_same_depthwise_fwd, _same_depthwise_bwd)
 
 
 def pointwise_conv(x, kernel):
