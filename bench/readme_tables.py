@@ -181,9 +181,9 @@ def fig_depthwise() -> str:
   bwd = [r["bwd_speedup"] for r in shift]
   return (
     f"shifted multiply-adds (`layers.depthwise_conv`; `config.model.depthwise`, default 'auto': used on "
-    f"the CPU in eval mode) vs XLA's grouped convolution: {min(fwd):.1f}-{max(fwd):.1f}x faster forward, "
-    f"{min(bwd):.1f}-{max(bwd):.1f}x faster backward; in a training step it stores more "
-    f"(see `mpc_jax/models/layers.py`)"
+    f"the CPU) vs XLA's grouped convolution: {min(fwd):.1f}-{max(fwd):.1f}x faster forward, "
+    f"{min(bwd):.1f}-{max(bwd):.1f}x faster backward, with a hand-written gradient that keeps no more "
+    f"for the backward pass (see `mpc_jax/models/layers.py`)"
   )
 
 

@@ -84,8 +84,8 @@ def build_mpc(
   `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
   `hrt_base_win15`) or a yacs-layout dict. Drop path draws from the `droppath` RNG stream.
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
-  `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU in eval
-  mode, XLA's grouped convolution otherwise), 'shift' or 'xla'; the same values either way.
+  `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU, XLA's
+  grouped convolution on accelerators), 'shift' or 'xla'; the same values either way.
   `random_init=False` draws no random weights (zeros instead; for loading saved values over them).
   """
   if depthwise not in DEPTHWISE_CHOICES:
