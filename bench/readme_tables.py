@@ -169,8 +169,8 @@ def fig_reference() -> str:
 
 def fig_reference_stage1() -> str:
   forms = {
-    "auto": "with XLA's grouped depth-wise convolution (training's default) ",
-    "shift": "with shifted adds ",
+    "auto": "with shifted-add depth-wise convolutions (the default on the CPU) ",
+    "xla": "with XLA's grouped depth-wise convolution ",
   }
   return _beside_reference("reference_stage1_cpu.json", forms, 1)
 
