@@ -7,8 +7,9 @@ reads one 640x480 JPEG, resizes it to 512x512, predicts, and writes the mask at 
 The reference runs its stage-2 model as its `test.py` does (random weights saved once with
 `torch.save`); mpc-jax runs `mpc-jax predict IMAGE --checkpoint DIR --out DIR` on the same weights
 converted once with `mpc-jax convert`. mpc-jax is timed with an empty compilation cache (its first
-run on a machine) and with the cache its earlier runs wrote. Writes bench/results/NAME.json
-(default `cold_start_PLATFORM`).
+run on a machine) and with the cache its earlier runs wrote, each with the default `--programs auto`
+(one image: the model compiled module by module) and with `--programs whole`. Writes
+bench/results/NAME.json (default `cold_start_PLATFORM`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv=None):
     env.pop("XLA_FLAGS", None)
     timed([py, "-m", "mpc_jax.main", "convert", str(weights), "--out", str(tmp / "ckpt")], env)
 
-    def ours(cache: pathlib.Path, k: int) -> float:
+    def ours(cache: pathlib.Path, k: int, programs: str = "auto") -> float:
       out = tmp / f"pred_{cache.name}_{k}"
       cmd = [
         py,
@@ -104,11 +105,13 @@ def main(argv=None):
         "--out",
         str(out),
       ]
-      return timed(cmd + ["--no-progress"], dict(env, MPC_JAX_COMPILATION_CACHE=str(cache)))
+      cmd += ["--no-progress", "--programs", programs]
+      return timed(cmd, dict(env, MPC_JAX_COMPILATION_CACHE=str(cache)))
 
-    walls = {"reference": [], "cold": [], "warm": []}
+    walls = {"reference": [], "cold": [], "warm": [], "cold_whole": [], "warm_whole": []}
     warm_cache = tmp / "cache_warm"
     ours(warm_cache, -1)  # fills the cache the warm runs read
+    ours(warm_cache, -1, "whole")
     for k in range(args.repeats):
       walls["reference"].append(
         timed(
@@ -117,12 +120,16 @@ def main(argv=None):
       )
       walls["cold"].append(ours(tmp / f"cache_cold{k}", k))
       walls["warm"].append(ours(warm_cache, k))
+      walls["cold_whole"].append(ours(tmp / f"cache_cold_whole{k}", k, "whole"))
+      walls["warm_whole"].append(ours(warm_cache, k, "whole"))
       print({key: round(v[-1], 2) for key, v in walls.items()}, flush=True)
   ref = statistics.median(walls["reference"])
   labels = {
     "reference": "reference (torch), load + predict",
     "cold": "mpc-jax predict, empty compilation cache",
     "warm": "mpc-jax predict, compilation cache from an earlier run",
+    "cold_whole": "mpc-jax predict --programs whole, empty compilation cache",
+    "warm_whole": "mpc-jax predict --programs whole, compilation cache from an earlier run",
   }
   rows = [
     dict(

@@ -1,9 +1,11 @@
 """Model checkpoints that every tool reads: `save_model(model, dir)` / `load_model(dir)`.
 
 A model directory holds `model_config.json` (HRFormer config, head, format, and `training`: the
-input size the model was trained at and its last stage) and an orbax checkpoint `state/` of the
-parameters, BatchNorm statistics and batch counters. `load_model` also accepts a training workdir,
-where it takes `model_best` (else `model_latest`). Paths may be relative to the current directory.
+input size the model was trained at and its last stage) and `weights.safetensors`: the parameters,
+BatchNorm statistics and batch counters, one tensor per path (`backbone/conv1/kernel`). Models
+saved before that format hold an orbax checkpoint `state/` instead, which `load_model` still reads.
+`load_model` also accepts a training workdir, where it takes `model_best` (else `model_latest`).
+Paths may be relative to the current directory.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import weakref
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+import safetensors.numpy
 from flax import nnx
 
 from mpc_jax.models import build_mpc
 from mpc_jax.models.layers import BatchCount
 
 FORMAT = "mpc-jax-model/1"
+WEIGHTS = "weights.safetensors"
 _SAVED = nnx.Any(nnx.Param, nnx.BatchStat, BatchCount)
 _INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -42,10 +45,8 @@ def save_model(model, path, training=None) -> pathlib.Path:
   if tmp.exists():
     shutil.rmtree(tmp)
   tmp.mkdir(parents=True)
-  arrays = nnx.to_pure_dict(nnx.state(model, _SAVED))
-  arrays = jax.tree.map(np.asarray, arrays)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(tmp / "state", arrays)
+  tensors = {name: np.ascontiguousarray(a) for name, a in _named_arrays(model).items()}
+  (tmp / WEIGHTS).write_bytes(safetensors.numpy.save(tensors))  # save_file would make it owner-only
   (tmp / "model_config.json").write_text(json.dumps(model_config(model, training), indent=1))
   if path.exists():
     old = path.with_name(path.name + ".old")
@@ -119,18 +120,57 @@ def record_training(path, training: dict) -> None:
   f.write_text(json.dumps(cfg, indent=1))
 
 
+def _named_arrays(model) -> dict:
+  """The saved arrays of `model` by path name, `{'backbone/conv1/kernel': array, ...}`."""
+  flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, _SAVED)))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
+
+
+def _read_weights(mdir: pathlib.Path, model) -> dict:
+  """Nested numpy arrays for `nnx.replace_by_pure_dict`, read from `weights.safetensors` or `state/`."""
+  expected = _named_arrays(model)
+  if (mdir / WEIGHTS).is_file():
+    try:
+      arrays = safetensors.numpy.load_file(str(mdir / WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, named below
+      raise ValueError(f"{mdir / WEIGHTS} is not a readable safetensors file ({e})") from None
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+      raise ValueError(
+        f"{mdir / WEIGHTS} lacks {len(missing)} of the model's arrays (first: {missing[0]}); "
+        "its model_config.json describes another model"
+      )
+    for name, want in expected.items():
+      if arrays[name].size != want.size:
+        raise ValueError(f"{mdir / WEIGHTS}: {name} has shape {arrays[name].shape}, the model {want.shape}")
+      arrays[name] = arrays[name].reshape(want.shape)  # safetensors keeps scalars as [1]
+  elif (mdir / "state").is_dir():
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(
+        mdir / "state", jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
+      )
+    return restored
+  else:
+    raise FileNotFoundError(f"{mdir} holds model_config.json but no {WEIGHTS}: the export is incomplete")
+  nested: dict = {}
+  for name in expected:
+    *parents, leaf = name.split("/")
+    node = nested
+    for key in parents:
+      node = node.setdefault(int(key) if key.isdigit() else key, {})
+    node[int(leaf) if leaf.isdigit() else leaf] = arrays[name]
+  return nested
+
+
 def load_model(path, *, dtype="float32"):
   """The model saved at `path` (a model dir or a training workdir), in eval mode."""
   mdir = resolve_model_dir(path)
   cfg = read_model_config(mdir)
   model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype, random_init=False)
-  target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
-  if not (mdir / "state").is_dir():
-    raise FileNotFoundError(f"{mdir} holds model_config.json but no state/ folder: the export is incomplete")
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(mdir / "state", target)
   state = nnx.state(model, _SAVED)
-  nnx.replace_by_pure_dict(state, jax.device_put(restored))
+  nnx.replace_by_pure_dict(state, jax.device_put(_read_weights(mdir, model)))
   nnx.update(model, state)
   model.eval()
   _INFO[model] = dict(cfg.get("training") or {}, path=str(mdir))

@@ -23,7 +23,7 @@ def default_dir() -> str:
   return os.path.join(root, "mpc_jax", "jax")
 
 
-def enable(directory: str | None = None, min_compile_secs: float = 0.5) -> str | None:
+def enable(directory: str | None = None, min_compile_secs: float = 0.05) -> str | None:
   """Points JAX's persistent cache at the directory chosen as above; returns it (None: off).
 
   Programs that compile in under `min_compile_secs` are not stored.

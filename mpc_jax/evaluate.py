@@ -96,7 +96,7 @@ def evaluate_source(
   ev = Evaluator(threshold=threshold, bins=bins)
   n = len(source) if limit is None else min(limit, len(source))
   failures: list[tuple[str, str]] = []
-  pred = as_predictor(model, cfg.batch_size)
+  pred = as_predictor(model, cfg.batch_size, cfg.for_images(n).programs)
 
   def items():
     for i in range(n):
@@ -157,7 +157,7 @@ def evaluate(
   from mpc_jax.data.sources import source_from_spec, unique_names
 
   cfg = resolve_config(cfg, model)
-  pred = as_predictor(model, cfg.batch_size)
+  pred = as_predictor(model, cfg.batch_size, cfg.programs)
   results = []
   pairs = [dataset_name(spec) for spec in specs]
   for name, (_, spec_) in zip(unique_names([n for n, _ in pairs]), pairs):

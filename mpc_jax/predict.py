@@ -28,6 +28,8 @@ from mpc_jax.data.sources import IMAGE_EXTENSIONS
 
 MIN_SIDE = 16
 DEFAULT_SIZE = 512  # the paper's input size: resize mode for models whose training size is unknown
+PROGRAMS = ("auto", "whole", "pieces")
+PIECES_UP_TO = 8  # 'auto' runs at most this many images module by module (see PredictConfig)
 BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 
@@ -48,6 +50,10 @@ class PredictConfig:
   difference); larger tiles and overlaps reduce this.
   The 1/4-res map is upsampled with cv2 bilinear (half-pixel centres). Same-shape inputs/tiles are
   batched, padded to a power of two <= `batch_size`, so each shape compiles at most log2(batch)+1 programs.
+  `programs`: how the model is compiled per input shape. 'whole': one program, the fastest per image;
+  'pieces': module by module (`mpc_jax.models.pieces`), several times less to compile and load from
+  the compilation cache but each image slower (on the CPU about 1.3x); 'auto': pieces for runs of at
+  most `PIECES_UP_TO` images, where the compile dominates, the whole program otherwise.
   """
 
   mode: str = "resize"  # 'resize' | 'native'
@@ -57,6 +63,7 @@ class PredictConfig:
   large: str = "tile"  # native mode, sides > tile: 'tile' | 'downscale'
   threshold: float = 0.5  # mask = prob > threshold
   batch_size: int = 4
+  programs: str = "auto"  # 'auto' | 'whole' | 'pieces'
 
   def check(self) -> "PredictConfig":
     """`self`, after raising `ValueError` on a bad field."""
@@ -72,7 +79,15 @@ class PredictConfig:
       raise ValueError(f"size must be >= 32, got {self.size}")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.programs not in PROGRAMS:
+      raise ValueError(f"programs must be one of {PROGRAMS}, got {self.programs!r}")
     return self
+
+  def for_images(self, n: int) -> "PredictConfig":
+    """`self` with `programs='auto'` decided for a run of `n` images."""
+    if self.programs != "auto":
+      return self
+    return dataclasses.replace(self, programs="pieces" if n <= PIECES_UP_TO else "whole")
 
 
 # ------------------------------------------------------------------------------------------ forward
@@ -98,17 +113,34 @@ def _jitted_forward(model) -> Callable:
   return fn
 
 
+def _piecewise_forward(model) -> Callable:
+  """`f(x [B,H,W,3]) -> prob [B,h,w]` on an eval-mode copy of `model` run module by module."""
+  import jax
+  from flax import nnx
+
+  copy = nnx.merge(*nnx.split(model))
+  copy.eval()
+  copy.set_attributes(pieces=True, raise_if_not_found=False)
+  # Drop path is off in eval mode; one rate everywhere makes the repeated modules identical.
+  copy.set_attributes(rate=0.0, raise_if_not_found=False)
+  return lambda x: jax.nn.sigmoid(copy(x)[..., 0].astype("float32"))
+
+
 class Predictor:
   """Batched forward pass: float32 [N, H, W, 3] in [0, 1] -> probabilities [N, ceil(H/4), ceil(W/4)].
 
-  `model`: an `MPC` nnx module (jitted once per model object, always run in eval mode; the weights are
-  read when the Predictor is made), or any callable mapping a float32 [B, H, W, 3] batch to logits [B, h, w, 1] (for tests).
-  Batches are padded to a power of two <= `batch_size`; `programs` records the (B, H, W) shapes run.
+  `model`: an `MPC` nnx module (always run in eval mode; the weights are read when the Predictor is
+  made), or any callable mapping a float32 [B, H, W, 3] batch to logits [B, h, w, 1] (for tests).
+  `programs`: 'whole' (one jitted program per shape, cached per model object) or 'pieces' (see
+  `PredictConfig`). Batches are padded to a power of two <= `batch_size`; `shapes` records the
+  (B, H, W) shapes run.
   """
 
-  def __init__(self, model, batch_size: int = 4):
+  def __init__(self, model, batch_size: int = 4, programs: str = "whole"):
+    if programs not in ("whole", "pieces"):
+      raise ValueError(f"programs must be 'whole' or 'pieces', got {programs!r}")
     self.batch_size = max(1, int(batch_size))
-    self.programs: set[tuple[int, int, int]] = set()
+    self.shapes: set[tuple[int, int, int]] = set()
     self.model = model
     try:
       from flax import nnx
@@ -116,7 +148,9 @@ class Predictor:
       is_module = isinstance(model, nnx.Module)
     except ImportError:  # pragma: no cover
       is_module = False
-    if is_module:
+    if is_module and programs == "pieces":
+      self._call = _piecewise_forward(model)
+    elif is_module:
       from flax import nnx
 
       fn, state = _jitted_forward(model), nnx.state(model)
@@ -138,13 +172,16 @@ class Predictor:
       b = self._pad_batch(len(chunk))
       if b > len(chunk):
         chunk = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], np.float32)])
-      self.programs.add(chunk.shape[:3])
+      self.shapes.add(chunk.shape[:3])
       out.append(np.asarray(self._call(chunk), np.float32)[: min(self.batch_size, len(x) - i)])
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
-def as_predictor(model, batch_size: int = 4) -> Predictor:
-  return model if isinstance(model, Predictor) else Predictor(model, batch_size)
+def as_predictor(model, batch_size: int = 4, programs: str = "whole") -> Predictor:
+  """`model` itself when it is a Predictor, else a Predictor of it ('auto' programs: 'whole')."""
+  if isinstance(model, Predictor):
+    return model
+  return Predictor(model, batch_size, "whole" if programs == "auto" else programs)
 
 
 def trained_size(model) -> int | None:
@@ -309,7 +346,7 @@ def predict_stream(
   windows (default 4 * batch_size) before running.
   `progress(n)` is called as work completes, `n` in images (a tile of an image cut in k counts 1/k)."""
   cfg = resolve_config(cfg, model)
-  pred = as_predictor(model, cfg.batch_size)
+  pred = as_predictor(model, cfg.batch_size, cfg.programs)
   chunk_windows = chunk_windows or 4 * pred.batch_size
   pending: list[_Job | tuple[Any, Exception]] = []
   n_windows = 0
@@ -360,7 +397,7 @@ def predict_arrays(model, image, cfg: PredictConfig | None = None, **kwargs) -> 
 
   Returns dict(prob=float32 [H, W] in [0, 1], mask=uint8 [H, W] in {0, 1} (prob > threshold),
   score=float (max of prob)). Raises ValueError for an image too small (see `check_size`)."""
-  cfg = resolve_config(dataclasses.replace(cfg or PredictConfig(), **kwargs), model)
+  cfg = resolve_config(dataclasses.replace(cfg or PredictConfig(), **kwargs), model).for_images(1)
   [(_, prob)] = list(predict_stream(model, [(0, image)], cfg))
   if isinstance(prob, Exception):
     raise prob
@@ -468,6 +505,7 @@ def predict_paths(
   written there (see `write_outputs`). Unreadable files do not stop the others."""
   cfg = resolve_config(dataclasses.replace(cfg or PredictConfig(), **kwargs), model)
   files = list_inputs(paths, recursive)
+  cfg = cfg.for_images(len(files))
   images: dict[int, np.ndarray] = {}
 
   def items():
@@ -569,6 +607,13 @@ def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, *alias
   )
   p.add_argument("--threshold", type=float, default=defaults.threshold, help="mask = prob > threshold (0.5)")
   p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images/tiles per batch (4)")
+  p.add_argument(
+    "--programs",
+    choices=PROGRAMS,
+    default=defaults.programs,
+    help=f"compile the model whole (fastest per image) or in pieces (compiles and loads several times "
+    f"faster); auto: pieces for at most {PIECES_UP_TO} images (default {defaults.programs})",
+  )
 
 
 def load_model_from_args(args):
@@ -596,6 +641,7 @@ def config_from_args(args) -> PredictConfig:
     large=args.large,
     threshold=args.threshold,
     batch_size=args.batch_size,
+    programs=args.programs,
   ).check()
 
 

@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False,  # rematerialise the backbone module by module: less memory, ~10% more compute
       depthwise="auto",
     )
-  )  # depth-wise convs: 'auto' (shifted adds on the CPU in eval mode), 'shift', 'xla'
+  )  # depth-wise convs: 'auto' (shifted adds on the CPU), 'shift', 'xla'
   c.data = default_data_config()  # mpc_jax.data.config.DataConfig's fields and defaults
   c.stage1 = stage_config("stage1")
   c.stage2 = stage_config("stage2")

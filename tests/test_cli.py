@@ -203,7 +203,7 @@ def test_large_image_default_is_one_small_forward_pass(ws):
   pred = P.Predictor(load_model(str(ws / "models" / "tiny")), batch_size=4)
   img = np.zeros((3000, 4000, 3), np.uint8)
   assert P.predict_arrays(pred, img)["prob"].shape == (3000, 4000)
-  assert pred.programs == {(1, 64, 64)}  # resized to the 64 px it was trained at, whatever the image size
+  assert pred.shapes == {(1, 64, 64)}  # resized to the 64 px it was trained at, whatever the image size
 
 
 def test_progress_moves_per_tile():

@@ -123,7 +123,7 @@ def test_save_and_load_model_gives_an_identical_model(tmp_path):
   assert [p for p, _ in flat_back] == [p for p, _ in flat]
   for (path, a), (_, b) in zip(flat, flat_back):
     if type(a) is not nnx.RngKey:  # the drop-path stream's key is not saved (eval mode never draws)
-      np.testing.assert_array_equal(np.asarray(b[...]), np.asarray(a[...]), err_msg=str(path))
+      np.testing.assert_array_equal(np.asarray(b[...]), np.asarray(a[...]), err_msg=str(path), strict=True)
 
 
 def test_build_without_random_weights_has_the_same_structure():
@@ -223,7 +223,7 @@ def test_remat_gives_same_values_and_gradients_with_less_memory():
 
 
 @pytest.mark.parametrize(
-  "hw,stride,padding", [((9, 13), 1, 1), ((16, 16), 2, 1), ((11, 7), 2, 0), ((6, 10), 1, 0)]
+  "hw,stride,padding", [((9, 13), 1, 1), ((16, 16), 2, 1), ((11, 7), 2, 0), ((6, 10), 1, 0), ((2, 5), 1, 1)]
 )
 def test_shifted_depthwise_conv_matches_xla_grouped_conv(hw, stride, padding):
   """Values and gradients (input and kernel) of the shifted form equal XLA's grouped convolution."""
@@ -255,15 +255,15 @@ def _grouped_convs(model, images):
   return sum(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", _jaxpr_text(model, images)))
 
 
-def test_depthwise_choice_is_the_models_and_auto_follows_backend_and_mode():
-  """Both depth-wise forms give the same output; 'auto' takes the shifted form on the CPU in eval
-  mode only; a bad setting names the field."""
+def test_depthwise_choice_is_the_models_and_auto_follows_backend():
+  """Both depth-wise forms give the same output; 'auto' takes the shifted form on the CPU, in train
+  and eval mode; a bad setting names the field."""
   images = jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3))
   auto = build_mpc(MICRO, seed=0)
   assert jax.default_backend() == "cpu"
-  assert _grouped_convs(auto, images) > 0  # train mode: XLA's grouped convolution
+  assert _grouped_convs(auto, images) == 0  # train mode on the CPU: shifted multiply-adds
   auto.eval()
-  assert _grouped_convs(auto, images) == 0  # eval mode on the CPU: shifted multiply-adds
+  assert _grouped_convs(auto, images) == 0
   shifted = np.asarray(_forward(auto, images)[1])
   auto.set_attributes(depthwise="xla")
   assert _grouped_convs(auto, images) > 0
@@ -288,3 +288,73 @@ def test_transformer_block_layernorms_match_torch_semantics_at_small_variance():
     centred = x64 - x64.mean(-1, keepdims=True)
     want = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-6) * w + b
     np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+
+
+def test_pieces_forward_matches_whole_and_shares_programs(monkeypatch):
+  """Run module by module (what the Predictor's 'pieces' does), the model gives the whole program's
+  logits, and two stage-3 modules (same structure, different drop-path rates) share one program."""
+  from mpc_jax.models import pieces
+  from mpc_jax.predict import _piecewise_forward
+
+  config = copy.deepcopy(MICRO)
+  config["STAGE3"]["NUM_MODULES"] = 2
+  model = build_mpc(config, seed=3)
+  model.eval()
+  images = jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3))
+  want = np.asarray(jax.nn.sigmoid(_forward(model, images)[1][..., 0]))
+  calls = []
+  monkeypatch.setattr(pieces, "_PROGRAMS", {})
+  real = pieces.call_piece
+  monkeypatch.setattr(pieces, "call_piece", lambda fn, m, *a: calls.append(m) or real(fn, m, *a))
+  for name in ("mpc_jax.models.hrformer", "mpc_jax.models.mpc"):
+    monkeypatch.setattr(f"{name}.call_piece", pieces.call_piece)
+  got = np.asarray(_piecewise_forward(model)(images))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  stage3 = list(model.backbone.stage3)
+  assert (
+    len(stage3) == 2 and stage3[0].branches[0][0].drop_path.rate != stage3[1].branches[0][0].drop_path.rate
+  )
+  compiled = sum(program._cache_size() for program in pieces._PROGRAMS.values())  # one per input shape
+  assert len(calls) > 10 and compiled == len(calls) - 1
+  assert not model.pieces and not model.backbone.pieces  # the caller's model is left as it was
+
+
+def test_model_folders_of_the_orbax_format_still_load(tmp_path):
+  """Models saved before `weights.safetensors` hold an orbax `state/`; they load to the same arrays."""
+  import orbax.checkpoint as ocp
+
+  from mpc_jax import checkpoint
+
+  model = build_mpc(MICRO, seed=6)
+  save_model(model, tmp_path / "new")
+  old = tmp_path / "old"
+  old.mkdir()
+  (old / "model_config.json").write_text((tmp_path / "new" / "model_config.json").read_text())
+  arrays = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, checkpoint._SAVED)))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(old / "state", arrays)
+  for path in (tmp_path / "new", old):
+    back = checkpoint._named_arrays(load_model(path))
+    for name, a in checkpoint._named_arrays(model).items():
+      np.testing.assert_array_equal(
+        np.asarray(back[name]), np.asarray(a), err_msg=f"{path.name}: {name}", strict=True
+      )
+
+
+def test_bad_weights_files_name_the_file(tmp_path):
+  from mpc_jax import checkpoint
+
+  save_model(build_mpc(MICRO, seed=0), tmp_path / "m")
+  weights = tmp_path / "m" / checkpoint.WEIGHTS
+  data = weights.read_bytes()
+  weights.write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=f"{weights}.*not a readable safetensors"):
+    load_model(tmp_path / "m")
+  save_model(build_mpc(MICRO, head="catnet", seed=0), tmp_path / "m")  # a head with one layer fewer
+  config = tmp_path / "m" / "model_config.json"
+  config.write_text(json.dumps(dict(json.loads(config.read_text()), head="casiav2")))
+  with pytest.raises(ValueError, match=rf"{weights} lacks \d+ of the model's arrays \(first: head/"):
+    load_model(tmp_path / "m")
+  weights.unlink()
+  with pytest.raises(FileNotFoundError, match="no weights.safetensors"):
+    load_model(tmp_path / "m")

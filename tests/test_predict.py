@@ -99,8 +99,8 @@ def test_local_model_tiling_exact_and_bucketing_few_programs():
   items = [(i, rng.integers(0, 255, (*s, 3), dtype=np.uint8)) for i, s in enumerate(sizes)]
   out = dict(P.predict_stream(pred, items, P.PredictConfig(mode="native", batch_size=4)))
   assert [out[i].shape for i in range(14)] == sizes
-  spatial = {p[1:] for p in pred.programs}
-  assert len(spatial) <= 12 and len(pred.programs) <= 2 * len(spatial)
+  spatial = {p[1:] for p in pred.shapes}
+  assert len(spatial) <= 12 and len(pred.shapes) <= 2 * len(spatial)
 
 
 @pytest.mark.parametrize("shape", [(1, 517, 3), (517, 1, 3), (8, 300)])
@@ -128,7 +128,7 @@ def test_tiled_matches_untiled_within_tolerance(tiny):
   assert full["prob"].std() > 0.05  # not saturated: the comparison means something
   assert d.mean() < TILE_MEAN_TOL and d.max() < TILE_MAX_TOL
   assert (full["mask"] == tiled["mask"]).mean() > TILE_AGREE_MIN
-  assert pred.programs == {(1, 192, 192), (1, 128, 128)}
+  assert pred.shapes == {(1, 192, 192), (1, 128, 128)}
 
 
 def test_odd_size_native_tiled_resize_and_downscale(tiny):
@@ -212,3 +212,16 @@ def test_predict_paths_api_matches_predict_arrays(tiny, tmp_path):
   assert row["score"] == pytest.approx(ref["score"])
   [bad] = P.predict_paths(tiny, [str(tmp_path / "missing.png")])
   assert not bad["ok"] and "missing.png" in bad["error"]
+
+
+def test_programs_choice():
+  """'auto' runs small batches of inputs module by module and larger runs as one program; a bad value
+  is named."""
+  auto = P.PredictConfig()
+  assert auto.for_images(1).programs == "pieces" and auto.for_images(P.PIECES_UP_TO).programs == "pieces"
+  assert auto.for_images(P.PIECES_UP_TO + 1).programs == "whole"
+  assert P.PredictConfig(programs="whole").for_images(1).programs == "whole"
+  with pytest.raises(ValueError, match="programs must be one of .* got 'fast'"):
+    P.PredictConfig(programs="fast").check()
+  with pytest.raises(ValueError, match="got 'auto'"):
+    P.Predictor(local_model, programs="auto")

@@ -12,6 +12,7 @@ channels. `HRFormer(images [B, H, W, 3])` returns the four maps `[B, h_s, w_s, 2
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import jax
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mpc_jax.models.pieces import call_piece
 from mpc_jax.models.layers import (
   Act,
   BatchNorm,
@@ -339,6 +341,13 @@ def _call(module, x):
 _remat_call = nnx.remat(_call)
 
 
+class _Config(dict):
+  """The yacs-layout config dict, hashable, as the attributes of a graph definition must be."""
+
+  def __hash__(self):
+    return hash(json.dumps(self, sort_keys=True))
+
+
 class HRFormer(nnx.Module):
   """The backbone: stem (two stride-2 3x3 convs), stage 1 bottlenecks, stages 2-4, 1x1 heads.
 
@@ -352,9 +361,10 @@ class HRFormer(nnx.Module):
     cfg = get_hrformer_config(config)
     if drop_path_rate is not None:
       cfg["DROP_PATH_RATE"] = float(drop_path_rate)
-    self.config = cfg
+    self.config = _Config(cfg)
     self.dtype = dtype
     self.remat = bool(remat)
+    self.pieces = False  # eval only: jitted module by module (`models.pieces`), set by the Predictor
     self.conv1 = conv(3, 64, 3, stride=2, padding=1, bias=False, dtype=dtype, init=init)
     self.bn1 = BatchNorm(64)
     self.conv2 = conv(64, 64, 3, stride=2, padding=1, bias=False, dtype=dtype, init=init)
@@ -399,23 +409,40 @@ class HRFormer(nnx.Module):
     )
 
   def __call__(self, images):
-    x = images.astype(self.dtype)
-    x = jax.nn.relu(self.bn1(self.conv1(x)))
-    x = jax.nn.relu(self.bn2(self.conv2(x)))
+    if self.pieces:
+      return self._forward(lambda fn, module, x: call_piece(fn, module, x), images)
     call = _remat_call if self.remat else _call
+    return self._forward(lambda fn, module, x: call(module, x) if fn is _call else fn(module, x), images)
+
+  def _forward(self, run, images):
+    """The forward with `run(fn, module, x)` applying each stem/bottleneck/transition/HRModule/head."""
+    x = run(_stem, self, images)
     for block in self.layer1:
-      x = call(block, x)
+      x = run(_call, block, x)
     ys = [x]
     for transition, stage in (
       (self.transition1, self.stage2),
       (self.transition2, self.stage3),
       (self.transition3, self.stage4),
     ):
-      xs = [_run_transition(t, ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
+      xs = [
+        x if isinstance(t, Identity) else run(_run_transition, t, x)
+        for t, x in zip(transition, ys + [ys[-1]] * (len(transition) - len(ys)))
+      ]
       for module in stage:
-        xs = call(module, xs)
+        xs = run(_call, module, xs)
       ys = xs
-    return [jax.nn.relu(c["bn"](c["conv"](y))) for c, y in zip(self.convs, ys)]
+    return run(_out_convs, self.convs, ys)
+
+
+def _stem(backbone, images):
+  x = images.astype(backbone.dtype)
+  x = jax.nn.relu(backbone.bn1(backbone.conv1(x)))
+  return jax.nn.relu(backbone.bn2(backbone.conv2(x)))
+
+
+def _out_convs(convs, ys):
+  return [jax.nn.relu(c["bn"](c["conv"](y))) for c, y in zip(convs, ys)]
 
 
 def output_size(h: int, w: int, scale: int):

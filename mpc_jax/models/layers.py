@@ -48,12 +48,11 @@ def constant(shape, value, dtype=np.float32):
 
 
 # How depth-wise convolutions (groups == channels) run, per `Conv.depthwise`: 'xla' (XLA's grouped
-# convolution), 'shift' (`depthwise_conv`) or 'auto' (the default: 'shift' on the CPU in eval mode,
-# 'xla' otherwise). On the CPU the shifted form is several times faster forward and backward at
-# HRT-base's shapes (`bench/bench_depthwise.py`; figures in the README), but under autodiff XLA keeps
-# its 9 shifted taps for the backward pass, so a training step stores more and compiles longer
-# (`bench/results/train_cpu_hrt_base_float32_shift_depthwise.json`); set 'shift' to train on the
-# CPU where that memory is acceptable.
+# convolution), 'shift' (`depthwise_conv`) or 'auto' (the default: 'shift' on the CPU, 'xla' on
+# accelerators). On the CPU the shifted form is several times faster forward and backward at
+# HRT-base's shapes (`bench/bench_depthwise.py`; figures in the README), and with its hand-written
+# gradient a training step keeps no more than with XLA's form (one HRT-base block's gradient at
+# 2x64x64: 146 MiB of temporaries against 155 MiB, 4.6x faster).
 DEPTHWISE_CHOICES = ("auto", "shift", "xla")
 
 
@@ -61,8 +60,16 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
   """Depth-wise 2D convolution as `kh * kw` shifted multiply-adds, accumulated in float32.
 
   `x [B, H, W, C]`, `kernel [kh, kw, 1, C]` -> `[B, H', W', C]` in `x.dtype`, the same as
-  `grouped_conv(x, kernel, stride, padding, groups=C)`.
+  `grouped_conv(x, kernel, stride, padding, groups=C)`. The 'same' case (stride 1, odd square
+  kernel, padding (kh - 1) / 2: HRFormer's MLP) has a hand-written gradient (`_same_depthwise`).
   """
+  kh, kw = kernel.shape[:2]
+  if stride == 1 and kh == kw == 2 * padding + 1:
+    return _same_depthwise(x, kernel)
+  return _shifted_taps(x, kernel, stride, padding)
+
+
+def _shifted_taps(x, kernel, stride: int, padding: int):
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
   p, s = padding, stride
@@ -76,6 +83,44 @@ def depthwise_conv(x, kernel, stride: int, padding: int):
       term = tap.astype(jnp.float32) * k[i, j, 0]
       out = term if out is None else out + term
   return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _same_depthwise(x, kernel):
+  return _shifted_taps(x, kernel, 1, (kernel.shape[0] - 1) // 2)
+
+
+def _same_depthwise_fwd(x, kernel):
+  return _same_depthwise(x, kernel), (x, kernel)
+
+
+def _same_depthwise_bwd(residuals, g):
+  """The input's gradient is the same convolution of `g` with the flipped kernel; the kernel's is
+  summed a few rows at a time in a loop: XLA:CPU's one-pass reduction over B, H and W (what
+  autodiff gives) ran 4x slower at HRT-base's shapes (`bench/bench_depthwise.py`)."""
+  x, kernel = residuals
+  k = kernel.shape[0]
+  b, h, w, c = x.shape
+  dx = _shifted_taps(g, kernel[::-1, ::-1], 1, (k - 1) // 2).astype(x.dtype)
+  rows = 4
+  blocks = -(-h // rows)
+  extra = blocks * rows - h  # zero rows of g add nothing
+  xp = jnp.pad(x, ((0, 0), ((k - 1) // 2, (k - 1) // 2 + extra), ((k - 1) // 2, (k - 1) // 2), (0, 0)))
+  gp = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0)))
+
+  def block(i, acc):
+    xs = jax.lax.dynamic_slice(xp, (0, i * rows, 0, 0), (b, rows + k - 1, w + k - 1, c)).astype(jnp.float32)
+    gs = jax.lax.dynamic_slice(gp, (0, i * rows, 0, 0), (b, rows, w, c)).astype(jnp.float32)
+    taps = [
+      jnp.sum(xs[:, di : di + rows, dj : dj + w] * gs, axis=(0, 1, 2)) for di in range(k) for dj in range(k)
+    ]
+    return acc + jnp.stack(taps)
+
+  dk = jax.lax.fori_loop(0, blocks, block, jnp.zeros((k * k, c), jnp.float32))
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_same_depthwise.defvjp(_same_depthwise_fwd, _same_depthwise_bwd)
 
 
 def pointwise_conv(x, kernel):
@@ -99,11 +144,11 @@ def grouped_conv(x, kernel, stride: int, padding: int, groups: int = 1):
   )
 
 
-def use_shifted_depthwise(depthwise: str, deterministic: bool) -> bool:
+def use_shifted_depthwise(depthwise: str) -> bool:
   """Whether a depth-wise convolution runs as `depthwise_conv` (see `DEPTHWISE_CHOICES`)."""
   if depthwise not in DEPTHWISE_CHOICES:
     raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
-  return depthwise == "shift" or (depthwise == "auto" and deterministic and jax.default_backend() == "cpu")
+  return depthwise == "shift" or (depthwise == "auto" and jax.default_backend() == "cpu")
 
 
 class Conv(nnx.Module):
@@ -113,8 +158,7 @@ class Conv(nnx.Module):
   +-1/sqrt(fan_in), bias too); compute runs in `dtype`. 1x1 convolutions run as `pointwise_conv`
   (a matrix product). Depth-wise convolutions (`groups == cin == cout`) may run as
   `depthwise_conv`: `depthwise` picks the form (see `DEPTHWISE_CHOICES`;
-  `model.set_attributes(depthwise=...)` sets it everywhere), `deterministic` is eval mode
-  (`model.eval()` sets it).
+  `model.set_attributes(depthwise=...)` sets it everywhere).
   """
 
   def __init__(self, cin, cout, k, *, init, stride=1, padding=0, groups=1, bias=True, dtype=jnp.float32):
@@ -123,7 +167,6 @@ class Conv(nnx.Module):
     self.bias = nnx.Param(init.uniform((cout,), bound)) if bias else None
     self.stride, self.padding, self.groups, self.dtype = stride, padding, groups, dtype
     self.depthwise = "auto"
-    self.deterministic = False
 
   def __call__(self, x):
     p = self.padding
@@ -134,7 +177,7 @@ class Conv(nnx.Module):
       self.groups > 1
       and kernel.shape[2] == 1
       and kernel.shape[3] == self.groups
-      and use_shifted_depthwise(self.depthwise, self.deterministic)
+      and use_shifted_depthwise(self.depthwise)
     ):
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, p)
     else:

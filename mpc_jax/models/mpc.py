@@ -7,6 +7,7 @@ from flax import nnx
 
 from mpc_jax.models.head import LocalizationHead
 from mpc_jax.models.hrformer import HRFormer
+from mpc_jax.models.pieces import call_piece
 from mpc_jax.models.layers import DEPTHWISE_CHOICES, Init, resize_bilinear_align_corners
 
 
@@ -39,6 +40,7 @@ class MPC(nnx.Module):
       backbone = HRFormer(hrformer_config, init=init, dtype=dtype, drop_path_rate=drop_path_rate, remat=remat)
     self.backbone = backbone
     self.head = LocalizationHead(head, init=init, dtype=dtype)
+    self.pieces = False  # eval only: jitted module by module (`models.pieces`), set by the Predictor
 
   def features(self, images):
     """`[B, H, W, 3] -> [4 x [B, h_s, w_s, 256]]`, before L2 normalisation."""
@@ -49,7 +51,21 @@ class MPC(nnx.Module):
 
   def __call__(self, images):
     """`[B, H, W, 3] -> [B, h_0, w_0, 1]` logits (float32)."""
-    return self.head(fuse(self.features(images)))
+    if not self.pieces:
+      return _fused_head(self.head, self.features(images))
+    if isinstance(self.backbone, HRFormer):  # runs its own modules as pieces
+      features = self.backbone(images)
+    else:
+      features = call_piece(_call, self.backbone, images)
+    return call_piece(_fused_head, self.head, features)
+
+
+def _call(module, x):
+  return module(x)
+
+
+def _fused_head(head, features):
+  return head(fuse(features))
 
 
 def build_mpc(
@@ -68,8 +84,8 @@ def build_mpc(
   `hrformer_config`: a preset name (`hrt_tiny`, `hrt_small`, `hrt_base`, `hrt_base_win13`,
   `hrt_base_win15`) or a yacs-layout dict. Drop path draws from the `droppath` RNG stream.
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
-  `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU in eval
-  mode, XLA's grouped convolution otherwise), 'shift' or 'xla'; the same values either way.
+  `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU, XLA's
+  grouped convolution on accelerators), 'shift' or 'xla'; the same values either way.
   `random_init=False` draws no random weights (zeros instead; for loading saved values over them).
   """
   if depthwise not in DEPTHWISE_CHOICES:

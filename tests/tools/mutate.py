@@ -419,6 +419,31 @@ MUTANTS = (
     "pass",
     ("tests/test_train_resume.py",),
   ),
+  # -- model files and the piecewise forward
+  M(
+    "weights-scalar-shape",
+    "loaded scalars keep safetensors' [1] shape",
+    "mpc_jax/checkpoint.py",
+    "arrays[name] = arrays[name].reshape(want.shape)",
+    "pass",
+    ("tests/test_model.py",),
+  ),
+  M(
+    "dw-grad-unflipped",
+    "the depth-wise convolution's input gradient uses the kernel unflipped",
+    "mpc_jax/models/layers.py",
+    "dx = _shifted_taps(g, kernel[::-1, ::-1], 1,",
+    "dx = _shifted_taps(g, kernel, 1,",
+    ("tests/test_model.py",),
+  ),
+  M(
+    "pieces-rates-kept",
+    "the piecewise forward keeps each module's drop-path rate, so no two modules share a program",
+    "mpc_jax/predict.py",
+    "copy.set_attributes(rate=0.0, raise_if_not_found=False)",
+    "pass",
+    ("tests/test_model.py",),
+  ),
 )
 
 
