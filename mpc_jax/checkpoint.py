@@ -120,48 +120,45 @@ def record_training(path, training: dict) -> None:
   f.write_text(json.dumps(cfg, indent=1))
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 def _named_arrays(model) -> dict:
   """The saved arrays of `model` by path name, `{'backbone/conv1/kernel': array, ...}`."""
   flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, _SAVED)))[0]
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
+  return {_path_name(path): leaf for path, leaf in flat}
 
 
 def _read_weights(mdir: pathlib.Path, model) -> dict:
   """Nested numpy arrays for `nnx.replace_by_pure_dict`, read from `weights.safetensors` or `state/`."""
-  expected = _named_arrays(model)
-  if (mdir / WEIGHTS).is_file():
-    try:
-      arrays = safetensors.numpy.load_file(str(mdir / WEIGHTS))
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, named below
-      raise ValueError(f"{mdir / WEIGHTS} is not a readable safetensors file ({e})") from None
-    missing = sorted(set(expected) - set(arrays))
-    if missing:
-      raise ValueError(
-        f"{mdir / WEIGHTS} lacks {len(missing)} of the model's arrays (first: {missing[0]}); "
-        "its model_config.json describes another model"
-      )
-    for name, want in expected.items():
-      if arrays[name].size != want.size:
-        raise ValueError(f"{mdir / WEIGHTS}: {name} has shape {arrays[name].shape}, the model {want.shape}")
-      arrays[name] = arrays[name].reshape(want.shape)  # safetensors keeps scalars as [1]
-  elif (mdir / "state").is_dir():
+  template = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
+  if (mdir / "state").is_dir() and not (mdir / WEIGHTS).is_file():
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-      restored = ckptr.restore(
-        mdir / "state", jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
-      )
-    return restored
-  else:
+      return ckptr.restore(mdir / "state", template)
+  if not (mdir / WEIGHTS).is_file():
     raise FileNotFoundError(f"{mdir} holds model_config.json but no {WEIGHTS}: the export is incomplete")
-  nested: dict = {}
-  for name in expected:
-    *parents, leaf = name.split("/")
-    node = nested
-    for key in parents:
-      node = node.setdefault(int(key) if key.isdigit() else key, {})
-    node[int(leaf) if leaf.isdigit() else leaf] = arrays[name]
-  return nested
+  try:
+    arrays = safetensors.numpy.load_file(str(mdir / WEIGHTS))
+  except Exception as e:  # noqa: BLE001 - a truncated or foreign file, named below
+    raise ValueError(f"{mdir / WEIGHTS} is not a readable safetensors file ({e})") from None
+  expected = _named_arrays(model)
+  missing = sorted(set(expected) - set(arrays))
+  if missing:
+    raise ValueError(
+      f"{mdir / WEIGHTS} lacks {len(missing)} of the model's arrays (first: {missing[0]}); "
+      "its model_config.json describes another model"
+    )
+
+  def take(path, want):
+    name, got = _path_name(path), arrays[_path_name(path)]
+    if got.size != want.size:
+      raise ValueError(f"{mdir / WEIGHTS}: {name} has shape {got.shape}, the model {want.shape}")
+    return got.reshape(want.shape).astype(want.dtype, copy=False)  # safetensors keeps scalars as [1]
+
+  return jax.tree_util.tree_map_with_path(take, template)
 
 
 def load_model(path, *, dtype="float32"):
