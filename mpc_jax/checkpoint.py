@@ -45,7 +45,8 @@ def save_model(model, path, training=None) -> pathlib.Path:
   if tmp.exists():
     shutil.rmtree(tmp)
   tmp.mkdir(parents=True)
-  tensors = {name: np.ascontiguousarray(a) for name, a in _named_arrays(model).items()}
+  saved = nnx.to_pure_dict(nnx.state(model, _SAVED))
+  tensors = {name: np.ascontiguousarray(a) for name, a in _named_arrays(saved).items()}
   (tmp / WEIGHTS).write_bytes(safetensors.numpy.save(tensors))  # save_file would make it owner-only
   (tmp / "model_config.json").write_text(json.dumps(model_config(model, training), indent=1))
   if path.exists():
@@ -124,28 +125,26 @@ def _path_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def _named_arrays(model) -> dict:
-  """The saved arrays of `model` by path name, `{'backbone/conv1/kernel': array, ...}`."""
-  flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, _SAVED)))[0]
-  return {_path_name(path): leaf for path, leaf in flat}
+def _named_arrays(saved: dict) -> dict:
+  """The leaves of a pure dict of saved arrays by path name, `{'backbone/conv1/kernel': array, ...}`."""
+  return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
 
 
-def _read_weights(mdir: pathlib.Path, model) -> dict:
-  """Nested numpy arrays for `nnx.replace_by_pure_dict`, read from `weights.safetensors` or `state/`."""
-  template = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, _SAVED)))
+def _read_weights(mdir: pathlib.Path, template: dict) -> dict:
+  """`template` (the model's saved arrays as a pure dict) filled with numpy arrays read from
+  `weights.safetensors`, or from `state/` in folders of the older format."""
   if (mdir / "state").is_dir() and not (mdir / WEIGHTS).is_file():
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(mdir / "state", template)
+      return ckptr.restore(mdir / "state", jax.tree.map(np.asarray, template))
   if not (mdir / WEIGHTS).is_file():
     raise FileNotFoundError(f"{mdir} holds model_config.json but no {WEIGHTS}: the export is incomplete")
   try:
     arrays = safetensors.numpy.load_file(str(mdir / WEIGHTS))
   except Exception as e:  # noqa: BLE001 - a truncated or foreign file, named below
     raise ValueError(f"{mdir / WEIGHTS} is not a readable safetensors file ({e})") from None
-  expected = _named_arrays(model)
-  missing = sorted(set(expected) - set(arrays))
+  missing = sorted(set(_named_arrays(template)) - set(arrays))
   if missing:
     raise ValueError(
       f"{mdir / WEIGHTS} lacks {len(missing)} of the model's arrays (first: {missing[0]}); "
@@ -153,7 +152,8 @@ def _read_weights(mdir: pathlib.Path, model) -> dict:
     )
 
   def take(path, want):
-    name, got = _path_name(path), arrays[_path_name(path)]
+    name = _path_name(path)
+    got = arrays[name]
     if got.size != want.size:
       raise ValueError(f"{mdir / WEIGHTS}: {name} has shape {got.shape}, the model {want.shape}")
     return got.reshape(want.shape).astype(want.dtype, copy=False)  # safetensors keeps scalars as [1]
@@ -167,7 +167,7 @@ def load_model(path, *, dtype="float32"):
   cfg = read_model_config(mdir)
   model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype, random_init=False)
   state = nnx.state(model, _SAVED)
-  nnx.replace_by_pure_dict(state, jax.device_put(_read_weights(mdir, model)))
+  nnx.replace_by_pure_dict(state, jax.device_put(_read_weights(mdir, nnx.to_pure_dict(state))))
   nnx.update(model, state)
   model.eval()
   _INFO[model] = dict(cfg.get("training") or {}, path=str(mdir))

@@ -334,8 +334,9 @@ def test_model_folders_of_the_orbax_format_still_load(tmp_path):
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(old / "state", arrays)
   for path in (tmp_path / "new", old):
-    back = checkpoint._named_arrays(load_model(path))
-    for name, a in checkpoint._named_arrays(model).items():
+    named = lambda m: checkpoint._named_arrays(nnx.to_pure_dict(nnx.state(m, checkpoint._SAVED)))
+    back = named(load_model(path))
+    for name, a in named(model).items():
       np.testing.assert_array_equal(
         np.asarray(back[name]), np.asarray(a), err_msg=f"{path.name}: {name}", strict=True
       )

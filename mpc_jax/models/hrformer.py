@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mpc_jax.models.pieces import call_piece
+from mpc_jax.models.pieces import apply, call_piece
 from mpc_jax.models.layers import (
   Act,
   BatchNorm,
@@ -325,20 +325,14 @@ def _transition(prev, cur, init, dtype):
 
 
 def _run_transition(layer, x):
-  if isinstance(layer, Identity):
-    return x
   if isinstance(layer[0], nnx.List):  # a chain of stride-2 steps to a new branch
     return _apply_fuse(layer, x)
   return run_sequence(layer, x)
 
 
-def _call(module, x):
-  return module(x)
-
-
 # A module call whose activations are recomputed in the backward pass instead of stored: only its
 # input is kept. State updates (BatchNorm statistics, the drop-path RNG count) come out as usual.
-_remat_call = nnx.remat(_call)
+_remat_call = nnx.remat(apply)
 
 
 class _Config(dict):
@@ -410,27 +404,30 @@ class HRFormer(nnx.Module):
 
   def __call__(self, images):
     if self.pieces:
-      return self._forward(lambda fn, module, x: call_piece(fn, module, x), images)
-    call = _remat_call if self.remat else _call
-    return self._forward(lambda fn, module, x: call(module, x) if fn is _call else fn(module, x), images)
+      return self._forward(call_piece, images)
+
+    def run(fn, module, x):  # with remat, whole modules are rematerialised
+      return _remat_call(module, x) if self.remat and fn is apply else fn(module, x)
+
+    return self._forward(run, images)
 
   def _forward(self, run, images):
     """The forward with `run(fn, module, x)` applying each stem/bottleneck/transition/HRModule/head."""
     x = run(_stem, self, images)
     for block in self.layer1:
-      x = run(_call, block, x)
+      x = run(apply, block, x)
     ys = [x]
     for transition, stage in (
       (self.transition1, self.stage2),
       (self.transition2, self.stage3),
       (self.transition3, self.stage4),
     ):
-      xs = [
-        x if isinstance(t, Identity) else run(_run_transition, t, x)
-        for t, x in zip(transition, ys + [ys[-1]] * (len(transition) - len(ys)))
-      ]
+      xs = []
+      for i, t in enumerate(transition):
+        x = ys[min(i, len(ys) - 1)]  # a new branch starts from the lowest-resolution one
+        xs.append(x if isinstance(t, Identity) else run(_run_transition, t, x))
       for module in stage:
-        xs = run(_call, module, xs)
+        xs = run(apply, module, xs)
       ys = xs
     return run(_out_convs, self.convs, ys)
 

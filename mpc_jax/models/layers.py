@@ -99,13 +99,13 @@ def _same_depthwise_bwd(residuals, g):
   summed a few rows at a time in a loop: XLA:CPU's one-pass reduction over B, H and W (what
   autodiff gives) ran 4x slower at HRT-base's shapes (`bench/bench_depthwise.py`)."""
   x, kernel = residuals
-  k = kernel.shape[0]
+  k, p = kernel.shape[0], (kernel.shape[0] - 1) // 2
   b, h, w, c = x.shape
-  dx = _shifted_taps(g, kernel[::-1, ::-1], 1, (k - 1) // 2).astype(x.dtype)
+  dx = _shifted_taps(g, kernel[::-1, ::-1], 1, p).astype(x.dtype)
   rows = 4
   blocks = -(-h // rows)
   extra = blocks * rows - h  # zero rows of g add nothing
-  xp = jnp.pad(x, ((0, 0), ((k - 1) // 2, (k - 1) // 2 + extra), ((k - 1) // 2, (k - 1) // 2), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (p, p + extra), (p, p), (0, 0)))
   gp = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0)))
 
   def block(i, acc):

@@ -7,7 +7,7 @@ from flax import nnx
 
 from mpc_jax.models.head import LocalizationHead
 from mpc_jax.models.hrformer import HRFormer
-from mpc_jax.models.pieces import call_piece
+from mpc_jax.models.pieces import apply, call_piece
 from mpc_jax.models.layers import DEPTHWISE_CHOICES, Init, resize_bilinear_align_corners
 
 
@@ -56,12 +56,8 @@ class MPC(nnx.Module):
     if isinstance(self.backbone, HRFormer):  # runs its own modules as pieces
       features = self.backbone(images)
     else:
-      features = call_piece(_call, self.backbone, images)
+      features = call_piece(apply, self.backbone, images)
     return call_piece(_fused_head, self.head, features)
-
-
-def _call(module, x):
-  return module(x)
 
 
 def _fused_head(head, features):

@@ -14,11 +14,16 @@ import weakref
 import jax
 from flax import nnx
 
-# graph definition, function -> the jitted `(state, *args) -> fn(merged module, *args)`
+# ((graph definition, state treedef), function) -> the jitted `(leaves, *args) -> fn(module, *args)`
 _PROGRAMS: dict = {}
-# id(module) -> (graph definition, state, {function: program}), dropped with the module (by id:
-# nnx.List is unhashable); valid while the module is not changed
+# id(module) -> ((graph definition, state treedef), state leaves, {function: program}), dropped with
+# the module (by id: nnx.List is unhashable); valid while the module is not changed
 _SPLITS: dict = {}
+
+
+def apply(module, *args):
+  """`module(*args)`: the function of a piece that is one whole module."""
+  return module(*args)
 
 
 def call_piece(fn, module, *args):
