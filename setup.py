@@ -30,6 +30,7 @@ setup(
     "albumentations>=2.0,<3",
     "scikit-image>=0.24",
     "safetensors>=0.4",
+    "flatbuffers>=24.3",  # jax.export serialization: the forward's stored pieces (compile_cache)
     "tensorboard>=2.16",
     "matplotlib>=3.8",
     "tensorflow-datasets>=4.9.7",

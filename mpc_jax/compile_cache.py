@@ -6,11 +6,19 @@ second run skips XLA's compile (and, on GPUs, its autotuning). The directory, in
 an explicit argument (`config.compilation_cache_dir`), `$MPC_JAX_COMPILATION_CACHE`, a directory
 JAX was already given, else `~/.cache/mpc_jax/jax` (under `$XDG_CACHE_HOME` where set). The
 value `off` turns the cache off.
+
+`stored_program` goes one step further for programs it can name without tracing them (the
+forward's pieces): it keeps them, lowered, in `programs/` under that directory, so a later process
+runs them without tracing or lowering the model again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
+import sys
+import tempfile
 
 import jax
 
@@ -38,3 +46,79 @@ def enable(directory: str | None = None, min_compile_secs: float = 0.05) -> str 
   jax.config.update("jax_compilation_cache_dir", chosen)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
   return chosen
+
+
+_FINGERPRINT: list[str] = []
+
+
+def _fingerprint() -> str:
+  """What every stored executable depends on besides its own key: mpc_jax's source, the versions of
+  Python, jax, jaxlib and flax, the devices, XLA's flags and the jax options that change lowering."""
+  if not _FINGERPRINT:
+    import flax
+    import jaxlib
+
+    h = hashlib.sha256()
+    package = pathlib.Path(__file__).resolve().parent
+    for f in sorted(package.rglob("*.py")):
+      h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    device = jax.devices()[0]
+    h.update(
+      repr(
+        (
+          sys.version,
+          jax.__version__,
+          jaxlib.__version__,
+          flax.__version__,
+          device.platform,
+          device.device_kind,
+          device.client.platform_version,
+          jax.device_count(),
+          os.environ.get("XLA_FLAGS", ""),
+          jax.config.jax_enable_x64,
+          jax.config.jax_default_matmul_precision,
+        )
+      ).encode()
+    )
+    _FINGERPRINT.append(h.hexdigest())
+  return _FINGERPRINT[0]
+
+
+def programs_dir() -> pathlib.Path | None:
+  """`programs/` in JAX's persistent cache directory; None while that cache is off."""
+  if not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
+    return None
+  return pathlib.Path(jax.config.jax_compilation_cache_dir) / "programs"
+
+
+def stored_program(jitted, key: str | None, *args):
+  """`jitted` for arguments of `args`' types, traced once per machine: the lowered program is kept
+  under `key` (`jax.export`'s serialized form) and a later process that asks for it again gets it
+  without tracing or lowering; XLA's compile is then read from JAX's cache like any other.
+
+  `key` must name everything the traced program depends on apart from mpc_jax's source, the library
+  versions and the devices (which are added here) and the types of `args`; with None (or the cache
+  off) this returns `jitted`. A stored file that does not load is traced again and replaced."""
+  directory = programs_dir()
+  if key is None or directory is None:
+    return jitted
+  leaves, treedef = jax.tree.flatten(args)
+  types = f"{treedef}|{','.join(str(jax.typeof(x)) for x in leaves)}"
+  path = directory / (hashlib.sha256(f"{_fingerprint()}|{key}|{types}".encode()).hexdigest() + ".bin")
+  try:
+    exported = jax.export.deserialize(bytearray(path.read_bytes()))
+  except Exception:  # noqa: BLE001 - missing, truncated or foreign: trace again below
+    exported = None
+  if exported is None:
+    try:
+      exported = jax.export.export(jitted)(*args)
+    except Exception:  # noqa: BLE001 - a program jax.export does not take (a host callback)
+      return jitted
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+        f.write(exported.serialize())
+      os.replace(f.name, path)
+    except OSError:  # a read-only or full cache: this process still runs the program
+      pass
+  return jax.jit(exported.call)

@@ -39,6 +39,17 @@ def fixtures_dir():
   return FIXTURES
 
 
+@pytest.fixture
+def programs_cache(tmp_path):
+  """JAX's cache directory (and so `compile_cache.programs_dir`) pointed at `tmp_path` for one test."""
+  saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  jax.config.update("jax_enable_compilation_cache", True)
+  yield tmp_path / "programs"
+  jax.config.update("jax_compilation_cache_dir", saved[0])
+  jax.config.update("jax_enable_compilation_cache", saved[1])
+
+
 def pytest_configure(config):
   config.addinivalue_line("markers", "parity: compares against reference numbers; must not skip in CI")
   config.addinivalue_line("markers", "slow: end-to-end test that takes more than a few seconds")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mpc_jax import steps
-from mpc_jax.models.layers import BatchNorm, DropPath, Init, conv
+from mpc_jax.models.layers import BatchNorm, DropPath, Init, conv, to_device
 from mpc_jax.models.mpc import MPC
 
 
@@ -46,4 +46,4 @@ def build_small_model(config):
   dtype = jnp.dtype(m.dtype)
   rate = float(m.drop_path_rate)
   backbone = SmallBackbone(init, drop_path_rate=0.1 if rate < 0 else rate, dtype=dtype)
-  return MPC(head=m.head, init=init, dtype=dtype, backbone=backbone)
+  return to_device(MPC(head=m.head, init=init, dtype=dtype, backbone=backbone))

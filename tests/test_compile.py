@@ -79,3 +79,46 @@ def test_compilation_cache_directory_choice(tmp_path, monkeypatch):
     jax.config.update("jax_compilation_cache_dir", saved[0])
     jax.config.update("jax_enable_compilation_cache", saved[1])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[2])
+
+
+def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeypatch):
+  """A program stored under a key runs in a later process (a new jitted function here) without
+  tracing; another key, other argument types, another build of mpc_jax or a damaged file trace it
+  again, and no key or no cache leave the jitted function as it is."""
+  traces = []
+
+  def fresh():  # a new function each time: jax's in-memory caches cannot answer for it
+    def f(w, x):
+      traces.append(x.shape)
+      return jnp.tanh(x @ w) * 2.0
+
+    return jax.jit(f)
+
+  w, x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), jnp.arange(6.0).reshape(2, 3)
+  want = lambda w, x: np.tanh(np.asarray(x, np.float64) @ np.asarray(w, np.float64)) * 2.0
+  run = lambda key, *args: np.asarray(compile_cache.stored_program(fresh(), key, *args)(*args))
+
+  np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
+  assert len(traces) == 1 and len(list(programs_cache.glob("*.bin"))) == 1
+  np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
+  assert len(traces) == 1  # loaded, not traced
+  run("k2", w, x)
+  x3 = jnp.ones((5, 3))
+  np.testing.assert_allclose(run("k", w, x3), want(w, x3), rtol=1e-6)
+  assert len(traces) == 3 and len(list(programs_cache.glob("*.bin"))) == 3
+  with monkeypatch.context() as m:
+    m.setattr(compile_cache, "_FINGERPRINT", ["another build of mpc_jax"])
+    run("k", w, x)
+  assert len(traces) == 4
+
+  for path in programs_cache.glob("*.bin"):
+    path.write_bytes(path.read_bytes()[:40])
+  np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
+  assert len(traces) == 5
+  run("k", w, x)
+  assert len(traces) == 5  # the damaged file was replaced
+
+  jitted = fresh()
+  assert compile_cache.stored_program(jitted, None, w, x) is jitted
+  jax.config.update("jax_enable_compilation_cache", False)
+  assert compile_cache.stored_program(jitted, "k", w, x) is jitted

@@ -314,9 +314,52 @@ def test_pieces_forward_matches_whole_and_shares_programs(monkeypatch):
   assert (
     len(stage3) == 2 and stage3[0].branches[0][0].drop_path.rate != stage3[1].branches[0][0].drop_path.rate
   )
-  compiled = sum(program._cache_size() for program in pieces._PROGRAMS.values())  # one per input shape
-  assert len(calls) > 10 and compiled == len(calls) - 1
+  assert len(calls) > 10 and len(pieces._PROGRAMS) == len(calls) - 1
   assert not model.pieces and not model.backbone.pieces  # the caller's model is left as it was
+
+
+def test_pieces_are_stored_and_a_later_process_runs_them_without_tracing(programs_cache, monkeypatch):
+  """The forward's pieces are kept beside JAX's cache; with the in-memory programs gone (a new
+  process), the same model runs them without tracing any piece and gives the same values."""
+  from jax import monitoring
+
+  from mpc_jax.models import pieces
+  from mpc_jax.predict import _piecewise_forward
+
+  traced = []
+  listener = lambda event, secs, **kw: (
+    traced.append(kw.get("fun_name")) if event.endswith("trace_duration") else None
+  )
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    model = build_mpc(MICRO, seed=3)
+    model.eval()
+    images = jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3))
+    want = np.asarray(jax.nn.sigmoid(_forward(model, images)[1][..., 0]))
+    for _ in range(2):
+      monkeypatch.setattr(pieces, "_PROGRAMS", {})
+      monkeypatch.setattr(pieces, "_SPLITS", {})
+      traced.clear()
+      got = np.asarray(_piecewise_forward(model)(images))
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+      if _ == 0:
+        pieces_traced = traced.count("run")
+        assert pieces_traced == len(pieces._PROGRAMS) > 5
+        assert len(list(programs_cache.glob("*.bin"))) == pieces_traced
+    assert traced.count("run") == 0, traced
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+
+
+def test_build_moves_the_model_to_the_device_once_and_loading_skips_the_zeros(tmp_path):
+  """`build_mpc` gives device arrays; `random_init=False` leaves its placeholders on the host (the
+  loader replaces them), and a loaded model holds device arrays again."""
+  arrays = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))
+  model = build_mpc(MICRO, seed=0)
+  assert all(isinstance(a, jax.Array) for a in arrays(model))
+  assert not any(isinstance(a, jax.Array) for a in arrays(build_mpc(MICRO, random_init=False)))
+  save_model(model, tmp_path / "m")
+  assert all(isinstance(a, jax.Array) for a in arrays(load_model(tmp_path / "m")))
 
 
 def test_model_folders_of_the_orbax_format_still_load(tmp_path):

@@ -22,9 +22,10 @@ class BatchCount(nnx.Variable):
 
 
 class Init:
-  """Where parameters come from: a host-side numpy generator (no device compiles at build time), or
-  with `random=False` zeros that saved values will replace, and the `nnx.Rngs` that drop path draws
-  its masks from (stream `droppath`)."""
+  """Where parameters come from: a host-side numpy generator, or with `random=False` zeros that saved
+  values will replace, and the `nnx.Rngs` that drop path draws its masks from (stream `droppath`).
+  Weights are numpy arrays on the host: `build_mpc` moves a whole model to the device in one transfer
+  (no device compile or copy per array at build time)."""
 
   def __init__(self, seed: int = 0, random: bool = True):
     self.np = np.random.default_rng(seed) if random else None
@@ -33,18 +34,23 @@ class Init:
   def uniform(self, shape, bound):
     if self.np is None:  # weights that saved values will replace
       return constant(shape, 0.0)
-    return jax.device_put(self.np.uniform(-bound, bound, shape).astype(np.float32))
+    return self.np.uniform(-bound, bound, shape).astype(np.float32)
 
   def trunc_normal(self, shape, std):
     if self.np is None:
       return constant(shape, 0.0)
-    return jax.device_put((np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32))
+    return (np.clip(self.np.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32)
 
 
 def constant(shape, value, dtype=np.float32):
-  """A device array of `value` built on the host: `jnp.full` would compile a program per shape, which
-  made building a model (and so loading one) seconds slower."""
-  return jax.device_put(np.full(shape, value, dtype))
+  """A host array of `value` (see `Init`: `jnp.full` would compile a program per shape)."""
+  return np.full(shape, value, dtype)
+
+
+def to_device(module):
+  """`module` with every array moved to the default device in one batched transfer; returns it."""
+  nnx.update(module, jax.device_put(nnx.state(module)))
+  return module
 
 
 # How depth-wise convolutions (groups == channels) run, per `Conv.depthwise`: 'xla' (XLA's grouped

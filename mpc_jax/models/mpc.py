@@ -8,7 +8,7 @@ from flax import nnx
 from mpc_jax.models.head import LocalizationHead
 from mpc_jax.models.hrformer import HRFormer
 from mpc_jax.models.pieces import apply, call_piece
-from mpc_jax.models.layers import DEPTHWISE_CHOICES, Init, resize_bilinear_align_corners
+from mpc_jax.models.layers import DEPTHWISE_CHOICES, Init, resize_bilinear_align_corners, to_device
 
 
 def fuse(features):
@@ -82,7 +82,8 @@ def build_mpc(
   `remat` rematerialises the backbone module by module (less memory for gradients, same values).
   `depthwise`: how depth-wise convolutions run, 'auto' (shifted multiply-adds on the CPU, XLA's
   grouped convolution on accelerators), 'shift' or 'xla'; the same values either way.
-  `random_init=False` draws no random weights (zeros instead; for loading saved values over them).
+  `random_init=False` draws no random weights: zeros on the host (not moved to the device), for
+  loading saved values over them.
   """
   if depthwise not in DEPTHWISE_CHOICES:
     raise ValueError(f"depthwise must be one of {DEPTHWISE_CHOICES}, got {depthwise!r}")
@@ -99,7 +100,7 @@ def build_mpc(
     remat=bool(remat),
   )
   model.set_attributes(depthwise=depthwise)
-  return model
+  return to_device(model) if random_init else model
 
 
 def count_params(model) -> int:

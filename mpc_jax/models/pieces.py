@@ -1,23 +1,28 @@
-"""An eval-mode forward run as separately jitted pieces: one XLA program per distinct piece.
+"""An eval-mode forward run as separately compiled pieces: one XLA program per distinct piece.
 
 HRT-base repeats identical modules (four HRModules in stage 3, two in stage 4). Jitted whole, XLA
 traces and compiles every copy; called piece by piece, modules of one structure share one traced
-and compiled program (keyed by their graph definition and input shapes), so a new input size
-compiles several times faster, and the persistent cache holds small programs that load quickly.
+and compiled program (keyed by their graph definition and input types), so a new input size
+compiles several times faster. The lowered pieces are kept beside JAX's persistent cache
+(`compile_cache.stored_program`), so a later process runs them without tracing the model.
 The values are the same as the whole program's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import weakref
 
 import jax
 from flax import nnx
 
-# ((graph definition, state treedef), function) -> the jitted `(leaves, *args) -> fn(module, *args)`
+from mpc_jax import compile_cache
+
+# ((graph definition, state treedef), function, argument types) -> jitted `(leaves, *args) -> fn(module, *args)`
 _PROGRAMS: dict = {}
-# id(module) -> ((graph definition, state treedef), state leaves, {function: program}), dropped with
-# the module (by id: nnx.List is unhashable); valid while the module is not changed
+# id(module) -> ((graph definition, state treedef), state leaves, {(function, argument types): program}),
+# dropped with the module (by id: nnx.List is unhashable); valid while the module is not changed
 _SPLITS: dict = {}
 
 
@@ -26,8 +31,28 @@ def apply(module, *args):
   return module(*args)
 
 
+def _types(args) -> tuple:
+  leaves, treedef = jax.tree.flatten(args)
+  return (treedef, *(jax.typeof(x) for x in leaves))
+
+
+def _stored_key(graphdef, treedef, fn) -> str | None:
+  """A key naming the program across processes, or None when mpc_jax's source does not pin it (a
+  function or module class defined elsewhere, a closure, or a graph definition that cannot be pickled)."""
+  if not fn.__module__.startswith("mpc_jax.") or "<locals>" in fn.__qualname__ or fn.__closure__:
+    return None
+  types = [node.type for node in graphdef.nodes if hasattr(node, "type")]  # NodeRefs name earlier nodes
+  if not all(t.__module__.startswith(("mpc_jax.", "flax.")) for t in types):
+    return None
+  try:  # classes by name, static attributes by value; 3x faster than repr
+    described = hashlib.sha256(pickle.dumps(graphdef, protocol=5)).hexdigest()
+  except Exception:  # noqa: BLE001 - an attribute pickle cannot write
+    return None
+  return f"{fn.__module__}.{fn.__qualname__}|{described}|{treedef}"
+
+
 def call_piece(fn, module, *args):
-  """`fn(module, *args)` as a jitted program shared by every module of `module`'s structure.
+  """`fn(module, *args)` as a compiled program shared by every module of `module`'s structure.
 
   Only for modules that the call does not change (eval mode): their state is read once and kept."""
   entry = _SPLITS.get(id(module))
@@ -37,15 +62,18 @@ def call_piece(fn, module, *args):
     entry = _SPLITS[id(module)] = ((graphdef, treedef), leaves, {})
     weakref.finalize(module, _SPLITS.pop, id(module), None)
   key, leaves, programs = entry
-  program = programs.get(fn)
+  types = _types(args)
+  program = programs.get((fn, types))
   if program is None:
-    program = _PROGRAMS.get((key, fn))
+    program = _PROGRAMS.get((key, fn, types))
     if program is None:
       graphdef, treedef = key
 
       def run(leaves, *args):
         return fn(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *args)
 
-      program = _PROGRAMS[(key, fn)] = jax.jit(run)
-    programs[fn] = program
+      stored = _stored_key(graphdef, treedef, fn)
+      program = compile_cache.stored_program(jax.jit(run), stored, leaves, *args)
+      _PROGRAMS[(key, fn, types)] = program
+    programs[(fn, types)] = program
   return program(leaves, *args)

@@ -444,6 +444,38 @@ MUTANTS = (
     "pass",
     ("tests/test_model.py",),
   ),
+  M(
+    "stored-key-types",
+    "a stored program's file name leaves out the argument types",
+    "mpc_jax/compile_cache.py",
+    'f"{_fingerprint()}|{key}|{types}"',
+    'f"{_fingerprint()}|{key}"',
+    ("tests/test_compile.py::test_stored_program_is_traced_once_per_key_and_types",),
+  ),
+  M(
+    "stored-key-fingerprint",
+    "a stored program's file name leaves out mpc_jax's source and the library versions",
+    "mpc_jax/compile_cache.py",
+    'f"{_fingerprint()}|{key}|{types}"',
+    'f"{key}|{types}"',
+    ("tests/test_compile.py::test_stored_program_is_traced_once_per_key_and_types",),
+  ),
+  M(
+    "pieces-not-stored",
+    "the forward's pieces are never stored, so every process traces them again",
+    "mpc_jax/models/pieces.py",
+    "stored = _stored_key(graphdef, treedef, fn)",
+    "stored = None",
+    ("tests/test_model.py::test_pieces_are_stored_and_a_later_process_runs_them_without_tracing",),
+  ),
+  M(
+    "build-left-on-host",
+    "build_mpc leaves the weights on the host",
+    "mpc_jax/models/mpc.py",
+    "return to_device(model) if random_init else model",
+    "return model",
+    ("tests/test_model.py::test_build_moves_the_model_to_the_device_once_and_loading_skips_the_zeros",),
+  ),
 )
 
 
