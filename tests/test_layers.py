@@ -113,11 +113,17 @@ def test_layernorm_matches_numpy_with_eps_1e6():
 
 
 def test_gelu_is_exact_erf():
-  from math import erf, sqrt
+  """`Act('gelu')` and the MLP's `gelu` are the exact GELU, tails included, and so is their gradient."""
+  from math import erf, exp, pi, sqrt
 
-  x = np.array([-3.0, -1.0, -0.3, 0.0, 0.7, 2.5], np.float32)
-  want = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x.astype(np.float64)])
-  np.testing.assert_allclose(np.asarray(layers.Act("gelu")(jax.numpy.asarray(x))), want, rtol=1e-6, atol=1e-7)
+  x = np.array([-9.0, -3.0, -1.0, -0.3, 0.0, 0.7, 2.5, 9.0], np.float32)
+  x64 = x.astype(np.float64)
+  want = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x64])
+  want_grad = np.array([0.5 * (1 + erf(v / sqrt(2))) + v * exp(-v * v / 2) / sqrt(2 * pi) for v in x64])
+  for f in (layers.Act("gelu"), layers.gelu):
+    np.testing.assert_allclose(np.asarray(f(jax.numpy.asarray(x))), want, rtol=1e-6, atol=1e-7)
+  grad = jax.vmap(jax.grad(layers.gelu))(jax.numpy.asarray(x))
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-7)
 
 
 def test_bilinear_align_corners_matches_numpy():

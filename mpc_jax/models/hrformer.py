@@ -23,6 +23,7 @@ from flax import nnx
 from mpc_jax.models.pieces import apply, call_piece
 from mpc_jax.models.layers import (
   Act,
+  gelu,
   BatchNorm,
   DropPath,
   Identity,
@@ -216,7 +217,6 @@ class MlpDWBN(nnx.Module):
     self.norm3 = BatchNorm(out)
 
   def __call__(self, x):
-    gelu = lambda y: jax.nn.gelu(y, approximate=False)
     x = gelu(self.norm1(self.fc1(x)))
     x = gelu(self.norm2(self.dw3x3(x)))
     return gelu(self.norm3(self.fc2(x)))

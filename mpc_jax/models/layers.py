@@ -317,8 +317,14 @@ class LayerNorm(nnx.Module):
     return y.astype(x.dtype)
 
 
+def gelu(x):
+  """PyTorch's default (exact) GELU, `x/2 (1 + erf(x/sqrt 2))`, in PyTorch's own form: `jax.nn.gelu`
+  uses `erfc`, which XLA:CPU runs 2.4x slower (1.8x for the gradient)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(math.sqrt(0.5))))
+
+
 class Act(nnx.Module):
-  """A stateless activation ('relu' or 'gelu', exact erf GELU as PyTorch's default)."""
+  """A stateless activation: 'relu' or 'gelu' (`gelu`)."""
 
   def __init__(self, kind: str = "relu"):
     self.kind = kind
@@ -326,7 +332,7 @@ class Act(nnx.Module):
   def __call__(self, x):
     if self.kind == "relu":
       return jax.nn.relu(x)
-    return jax.nn.gelu(x, approximate=False)
+    return gelu(x)
 
 
 class Identity(nnx.Module):

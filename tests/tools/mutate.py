@@ -196,9 +196,9 @@ MUTANTS = (
   M(
     "gelu-tanh",
     "GELU changed to its tanh approximation (transformer MLP)",
-    "mpc_jax/models/hrformer.py",
-    "gelu = lambda y: jax.nn.gelu(y, approximate=False)",
-    "gelu = lambda y: jax.nn.gelu(y, approximate=True)",
+    "mpc_jax/models/layers.py",
+    "return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(math.sqrt(0.5))))",
+    "return jax.nn.gelu(x, approximate=True)",
     (
       "tests/test_parity.py::test_parity_with_reference_fixture",
       "tests/test_parity.py::test_parity_at_sizes_not_multiple_of_32",
