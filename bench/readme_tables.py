@@ -148,11 +148,15 @@ def fig_data() -> str:
 
 
 def _beside_reference(name: str, forms: dict, digits: int) -> str:
-  """`reference T s; mpc-jax T s WORDS(ratio; lower + compile) ...` for each depth-wise form in `forms`."""
+  """`reference T s; mpc-jax T s WORDS(ratio; lower + compile) ...` for each depth-wise form in `forms`
+  that the results hold (a run may time only some: `--depthwise auto`)."""
   rows = load(name)["rows"]
   ref = [r for r in rows if r["impl"].startswith("reference")][0]
   parts = []
+  timed = {r["impl"] for r in rows}
   for form, words in forms.items():
+    if f"mpc-jax, depthwise={form}" not in timed:
+      continue
     r = row(rows, impl=f"mpc-jax, depthwise={form}")
     parts.append(
       f"{r['median_s']:.{digits}f} s {words}({r['speed_vs_reference']:.2f}x the reference's speed; lower + "
