@@ -14,6 +14,7 @@ runs them without tracing or lowering the model again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -48,40 +49,39 @@ def enable(directory: str | None = None, min_compile_secs: float = 0.05) -> str 
   return chosen
 
 
-_FINGERPRINT: list[str] = []
+_SOURCE: list[str] = []
 
 
 def _fingerprint() -> str:
-  """What every stored executable depends on besides its own key: mpc_jax's source, the versions of
-  Python, jax, jaxlib and flax, the devices, XLA's flags and the jax options that change lowering."""
-  if not _FINGERPRINT:
-    import flax
-    import jaxlib
-
+  """What every stored program depends on besides its own key: mpc_jax's source (hashed once per
+  process), the versions of Python, jax, jaxlib and flax, the devices, XLA's flags and the jax
+  options that change lowering."""
+  if not _SOURCE:
     h = hashlib.sha256()
     package = pathlib.Path(__file__).resolve().parent
     for f in sorted(package.rglob("*.py")):
       h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    device = jax.devices()[0]
-    h.update(
-      repr(
-        (
-          sys.version,
-          jax.__version__,
-          jaxlib.__version__,
-          flax.__version__,
-          device.platform,
-          device.device_kind,
-          device.client.platform_version,
-          jax.device_count(),
-          os.environ.get("XLA_FLAGS", ""),
-          jax.config.jax_enable_x64,
-          jax.config.jax_default_matmul_precision,
-        )
-      ).encode()
+    _SOURCE.append(h.hexdigest())
+  import flax
+  import jaxlib
+
+  device = jax.devices()[0]
+  return repr(
+    (
+      _SOURCE[0],
+      sys.version,
+      jax.__version__,
+      jaxlib.__version__,
+      flax.__version__,
+      device.platform,
+      device.device_kind,
+      device.client.platform_version,
+      jax.device_count(),
+      os.environ.get("XLA_FLAGS", ""),
+      jax.config.jax_enable_x64,
+      jax.config.jax_default_matmul_precision,
     )
-    _FINGERPRINT.append(h.hexdigest())
-  return _FINGERPRINT[0]
+  )
 
 
 def programs_dir() -> pathlib.Path | None:
@@ -114,11 +114,15 @@ def stored_program(jitted, key: str | None, *args):
       exported = jax.export.export(jitted)(*args)
     except Exception:  # noqa: BLE001 - a program jax.export does not take (a host callback)
       return jitted
+    tmp = None
     try:
       directory.mkdir(parents=True, exist_ok=True)
       with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+        tmp = f.name
         f.write(exported.serialize())
-      os.replace(f.name, path)
+      os.replace(tmp, path)
     except OSError:  # a read-only or full cache: this process still runs the program
-      pass
+      if tmp is not None:
+        with contextlib.suppress(OSError):
+          os.unlink(tmp)
   return jax.jit(exported.call)

@@ -83,8 +83,8 @@ def test_compilation_cache_directory_choice(tmp_path, monkeypatch):
 
 def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeypatch):
   """A program stored under a key runs in a later process (a new jitted function here) without
-  tracing; another key, other argument types, another build of mpc_jax or a damaged file trace it
-  again, and no key or no cache leave the jitted function as it is."""
+  tracing; another key, other argument types, another build of mpc_jax, other XLA flags or a damaged
+  file trace it again, and no key or no cache leave the jitted function as it is."""
   traces = []
 
   def fresh():  # a new function each time: jax's in-memory caches cannot answer for it
@@ -107,16 +107,19 @@ def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeyp
   np.testing.assert_allclose(run("k", w, x3), want(w, x3), rtol=1e-6)
   assert len(traces) == 3 and len(list(programs_cache.glob("*.bin"))) == 3
   with monkeypatch.context() as m:
-    m.setattr(compile_cache, "_FINGERPRINT", ["another build of mpc_jax"])
+    m.setattr(compile_cache, "_SOURCE", ["another build of mpc_jax"])
     run("k", w, x)
-  assert len(traces) == 4
+  with monkeypatch.context() as m:
+    m.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
+    run("k", w, x)
+  assert len(traces) == 5
 
   for path in programs_cache.glob("*.bin"):
     path.write_bytes(path.read_bytes()[:40])
   np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
-  assert len(traces) == 5
+  assert len(traces) == 6
   run("k", w, x)
-  assert len(traces) == 5  # the damaged file was replaced
+  assert len(traces) == 6  # the damaged file was replaced
 
   jitted = fresh()
   assert compile_cache.stored_program(jitted, None, w, x) is jitted

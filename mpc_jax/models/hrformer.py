@@ -23,7 +23,6 @@ from flax import nnx
 from mpc_jax.models.pieces import apply, call_piece
 from mpc_jax.models.layers import (
   Act,
-  gelu,
   BatchNorm,
   DropPath,
   Identity,
@@ -32,6 +31,7 @@ from mpc_jax.models.layers import (
   Linear,
   UpsampleNearest,
   conv,
+  gelu,
   resize_bilinear_align_corners,
   run_sequence,
 )

@@ -41,8 +41,8 @@ def _stored_key(graphdef, treedef, fn) -> str | None:
   function or module class defined elsewhere, a closure, or a graph definition that cannot be pickled)."""
   if not fn.__module__.startswith("mpc_jax.") or "<locals>" in fn.__qualname__ or fn.__closure__:
     return None
-  types = [node.type for node in graphdef.nodes if hasattr(node, "type")]  # NodeRefs name earlier nodes
-  if not all(t.__module__.startswith(("mpc_jax.", "flax.")) for t in types):
+  classes = [node.type for node in graphdef.nodes if hasattr(node, "type")]  # NodeRefs name earlier nodes
+  if not all(c.__module__.startswith(("mpc_jax.", "flax.")) for c in classes):
     return None
   try:  # classes by name, static attributes by value; 3x faster than repr
     described = hashlib.sha256(pickle.dumps(graphdef, protocol=5)).hexdigest()
