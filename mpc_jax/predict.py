@@ -18,7 +18,6 @@ import os
 import queue
 import sys
 import threading
-import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
@@ -91,26 +90,34 @@ class PredictConfig:
 
 
 # ------------------------------------------------------------------------------------------ forward
-_JIT_CACHE: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+def _probabilities(model, x):
+  """`[B, H, W, 3] -> [B, h, w]` float32 probabilities of `model` in eval mode (set on the traced copy:
+  BN running statistics, no drop path; the caller's model is untouched)."""
+  import jax
+
+  model.eval()
+  return jax.nn.sigmoid(model(x)[..., 0].astype("float32"))
 
 
-def _jitted_forward(model) -> Callable:
-  """`f(state, x [B,H,W,3]) -> prob [B,h,w]`, one jitted closure per model object (cached)."""
-  fn = _JIT_CACHE.get(model)
-  if fn is None:
-    import jax
-    from flax import nnx
+def _whole_forward(model) -> Callable:
+  """`f(x [B,H,W,3]) -> prob [B,h,w]`: `model`'s weights as they are now, one program per input shape
+  (shared by models of one structure, stored for later processes: `models.pieces.program`)."""
+  import jax
+  from flax import nnx
 
-    graphdef, _ = nnx.split(model)
+  from mpc_jax.models import pieces
 
-    @jax.jit
-    def fn(state, x):
-      m = nnx.merge(graphdef, state)
-      m.eval()  # on the traced copy: BN running statistics, no dropout, the caller's model untouched
-      return jax.nn.sigmoid(m(x)[..., 0].astype("float32"))
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  by_shape: dict = {}
 
-    _JIT_CACHE[model] = fn
-  return fn
+  def call(x):
+    found = by_shape.get(x.shape)
+    if found is None:
+      found = by_shape[x.shape] = pieces.program(_probabilities, (graphdef, treedef), leaves, x)
+    return found(leaves, x)
+
+  return call
 
 
 def _piecewise_forward(model) -> Callable:
@@ -131,7 +138,7 @@ class Predictor:
 
   `model`: an `MPC` nnx module (always run in eval mode; the weights are read when the Predictor is
   made), or any callable mapping a float32 [B, H, W, 3] batch to logits [B, h, w, 1] (for tests).
-  `programs`: 'whole' (one jitted program per shape, cached per model object) or 'pieces' (see
+  `programs`: 'whole' (one program per shape, shared by models of one structure) or 'pieces' (see
   `PredictConfig`). Batches are padded to a power of two <= `batch_size`; `shapes` records the
   (B, H, W) shapes run.
   """
@@ -151,10 +158,7 @@ class Predictor:
     if is_module and programs == "pieces":
       self._call = _piecewise_forward(model)
     elif is_module:
-      from flax import nnx
-
-      fn, state = _jitted_forward(model), nnx.state(model)
-      self._call = lambda x: fn(state, x)
+      self._call = _whole_forward(model)
     else:
       self._call = lambda x: 0.5 * (1.0 + np.tanh(0.5 * np.asarray(model(x), np.float32)[..., 0]))
 

@@ -318,13 +318,17 @@ def test_pieces_forward_matches_whole_and_shares_programs(monkeypatch):
   assert not model.pieces and not model.backbone.pieces  # the caller's model is left as it was
 
 
-def test_pieces_are_stored_and_a_later_process_runs_them_without_tracing(programs_cache, monkeypatch):
-  """The forward's pieces are kept beside JAX's cache; with the in-memory programs gone (a new
-  process), the same model runs them without tracing any piece and gives the same values."""
+@pytest.mark.parametrize("programs", ["pieces", "whole"])
+def test_programs_are_stored_and_a_later_process_runs_them_without_tracing(
+  programs, programs_cache, monkeypatch
+):
+  """The forward's programs (its pieces, or the whole model) are kept beside JAX's cache; with the
+  in-memory programs gone (a new process), the same model runs them without tracing and gives the
+  same values. A Predictor made after the weights change runs the new weights."""
   from jax import monitoring
 
   from mpc_jax.models import pieces
-  from mpc_jax.predict import _piecewise_forward
+  from mpc_jax.predict import Predictor
 
   traced = []
   listener = lambda event, secs, **kw: (
@@ -334,21 +338,25 @@ def test_pieces_are_stored_and_a_later_process_runs_them_without_tracing(program
   try:
     model = build_mpc(MICRO, seed=3)
     model.eval()
-    images = jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3))
+    images = np.asarray(jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3)))
     want = np.asarray(jax.nn.sigmoid(_forward(model, images)[1][..., 0]))
-    for _ in range(2):
+    for attempt in range(2):
       monkeypatch.setattr(pieces, "_PROGRAMS", {})
       monkeypatch.setattr(pieces, "_SPLITS", {})
       traced.clear()
-      got = np.asarray(_piecewise_forward(model)(images))
+      got = Predictor(model, batch_size=1, programs=programs)(images)
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-      if _ == 0:
-        pieces_traced = traced.count("run")
-        assert pieces_traced == len(pieces._PROGRAMS) > 5
-        assert len(list(programs_cache.glob("*.bin"))) == pieces_traced
+      if attempt == 0:
+        assert traced.count("run") == len(pieces._PROGRAMS) == len(list(programs_cache.glob("*.bin")))
+        assert len(pieces._PROGRAMS) > (5 if programs == "pieces" else 0)
     assert traced.count("run") == 0, traced
   finally:
     monitoring.unregister_event_duration_listener(listener)
+  bias = model.head.classifier[-1].bias
+  bias.set_value(bias[...] + 3.0)
+  changed = np.asarray(jax.nn.sigmoid(_forward(model, images)[1][..., 0]))
+  assert np.abs(changed - want).max() > 0.1
+  np.testing.assert_allclose(Predictor(model, 1, programs)(images), changed, rtol=1e-5, atol=1e-6)
 
 
 def test_build_moves_the_model_to_the_device_once_and_loading_skips_the_zeros(tmp_path):

@@ -51,6 +51,23 @@ def _stored_key(graphdef, treedef, fn) -> str | None:
   return f"{fn.__module__}.{fn.__qualname__}|{described}|{treedef}"
 
 
+def program(fn, key, leaves, *args):
+  """The compiled `(leaves, *args) -> fn(nnx.merge(graphdef, leaves), *args)` for `key = (graph
+  definition, state treedef)`, one per structure, function and argument types in this process, and
+  stored for later ones (`compile_cache.stored_program`)."""
+  types = _types(args)
+  found = _PROGRAMS.get((key, fn, types))
+  if found is None:
+    graphdef, treedef = key
+
+    def run(leaves, *args):
+      return fn(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *args)
+
+    stored = _stored_key(graphdef, treedef, fn)
+    found = _PROGRAMS[(key, fn, types)] = compile_cache.stored_program(jax.jit(run), stored, leaves, *args)
+  return found
+
+
 def call_piece(fn, module, *args):
   """`fn(module, *args)` as a compiled program shared by every module of `module`'s structure.
 
@@ -63,17 +80,7 @@ def call_piece(fn, module, *args):
     weakref.finalize(module, _SPLITS.pop, id(module), None)
   key, leaves, programs = entry
   types = _types(args)
-  program = programs.get((fn, types))
-  if program is None:
-    program = _PROGRAMS.get((key, fn, types))
-    if program is None:
-      graphdef, treedef = key
-
-      def run(leaves, *args):
-        return fn(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *args)
-
-      stored = _stored_key(graphdef, treedef, fn)
-      program = compile_cache.stored_program(jax.jit(run), stored, leaves, *args)
-      _PROGRAMS[(key, fn, types)] = program
-    programs[(fn, types)] = program
-  return program(leaves, *args)
+  found = programs.get((fn, types))
+  if found is None:
+    found = programs[(fn, types)] = program(fn, key, leaves, *args)
+  return found(leaves, *args)

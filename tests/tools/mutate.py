@@ -466,7 +466,15 @@ MUTANTS = (
     "mpc_jax/models/pieces.py",
     "stored = _stored_key(graphdef, treedef, fn)",
     "stored = None",
-    ("tests/test_model.py::test_pieces_are_stored_and_a_later_process_runs_them_without_tracing",),
+    ("tests/test_model.py::test_programs_are_stored_and_a_later_process_runs_them_without_tracing",),
+  ),
+  M(
+    "whole-stale-weights",
+    "the whole forward reuses the weights it read for an earlier Predictor of the same model",
+    "mpc_jax/predict.py",
+    "    return found(leaves, x)",
+    "    return pieces.call_piece(_probabilities, model, x)",
+    ("tests/test_model.py::test_programs_are_stored_and_a_later_process_runs_them_without_tracing",),
   ),
   M(
     "build-left-on-host",
