@@ -615,8 +615,8 @@ def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, *alias
     "--programs",
     choices=PROGRAMS,
     default=defaults.programs,
-    help=f"compile the model whole (fastest per image) or in pieces (compiles and loads several times "
-    f"faster); auto: pieces for at most {PIECES_UP_TO} images (default {defaults.programs})",
+    help=f"compile the model whole (fastest per image) or in pieces (compiles several times faster); "
+    f"auto: pieces for at most {PIECES_UP_TO} images (default {defaults.programs})",
   )
 
 
