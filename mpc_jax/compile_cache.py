@@ -8,8 +8,8 @@ JAX was already given, else `~/.cache/mpc_jax/jax` (under `$XDG_CACHE_HOME` wher
 value `off` turns the cache off.
 
 `stored_program` goes one step further for programs it can name without tracing them (the
-forward's pieces): it keeps them, lowered, in `programs/` under that directory, so a later process
-runs them without tracing or lowering the model again.
+prediction forward, whole or in pieces): it keeps them, lowered, in `programs/` under that
+directory, so a later process runs them without tracing or lowering the model again.
 """
 
 from __future__ import annotations

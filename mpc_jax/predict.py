@@ -50,9 +50,10 @@ class PredictConfig:
   The 1/4-res map is upsampled with cv2 bilinear (half-pixel centres). Same-shape inputs/tiles are
   batched, padded to a power of two <= `batch_size`, so each shape compiles at most log2(batch)+1 programs.
   `programs`: how the model is compiled per input shape. 'whole': one program, the fastest per image;
-  'pieces': module by module (`mpc_jax.models.pieces`), several times less to compile and load from
-  the compilation cache but each image slower (on the CPU about 1.3x); 'auto': pieces for runs of at
-  most `PIECES_UP_TO` images, where the compile dominates, the whole program otherwise.
+  'pieces': module by module (`mpc_jax.models.pieces`), several times less to compile but each image
+  slower (on the CPU about 1.3x; from a filled compilation cache both forms start about as fast);
+  'auto': pieces for runs of at most `PIECES_UP_TO` images, where the compile dominates, the whole
+  program otherwise.
   """
 
   mode: str = "resize"  # 'resize' | 'native'
@@ -91,12 +92,17 @@ class PredictConfig:
 
 # ------------------------------------------------------------------------------------------ forward
 def _probabilities(model, x):
-  """`[B, H, W, 3] -> [B, h, w]` float32 probabilities of `model` in eval mode (set on the traced copy:
-  BN running statistics, no drop path; the caller's model is untouched)."""
+  """`[B, H, W, 3] -> [B, h, w]` float32 probabilities of `model` as it is set."""
   import jax
 
-  model.eval()
   return jax.nn.sigmoid(model(x)[..., 0].astype("float32"))
+
+
+def _eval_probabilities(model, x):
+  """`_probabilities` in eval mode, set on the traced copy (BN running statistics, no drop path; the
+  caller's model is untouched)."""
+  model.eval()
+  return _probabilities(model, x)
 
 
 def _whole_forward(model) -> Callable:
@@ -114,7 +120,7 @@ def _whole_forward(model) -> Callable:
   def call(x):
     found = by_shape.get(x.shape)
     if found is None:
-      found = by_shape[x.shape] = pieces.program(_probabilities, (graphdef, treedef), leaves, x)
+      found = by_shape[x.shape] = pieces.program(_eval_probabilities, (graphdef, treedef), leaves, x)
     return found(leaves, x)
 
   return call
@@ -122,7 +128,6 @@ def _whole_forward(model) -> Callable:
 
 def _piecewise_forward(model) -> Callable:
   """`f(x [B,H,W,3]) -> prob [B,h,w]` on an eval-mode copy of `model` run module by module."""
-  import jax
   from flax import nnx
 
   copy = nnx.merge(*nnx.split(model))
@@ -130,7 +135,7 @@ def _piecewise_forward(model) -> Callable:
   copy.set_attributes(pieces=True, raise_if_not_found=False)
   # Drop path is off in eval mode; one rate everywhere makes the repeated modules identical.
   copy.set_attributes(rate=0.0, raise_if_not_found=False)
-  return lambda x: jax.nn.sigmoid(copy(x)[..., 0].astype("float32"))
+  return lambda x: _probabilities(copy, x)
 
 
 class Predictor:

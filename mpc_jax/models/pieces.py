@@ -5,7 +5,8 @@ traces and compiles every copy; called piece by piece, modules of one structure 
 and compiled program (keyed by their graph definition and input types), so a new input size
 compiles several times faster. The lowered pieces are kept beside JAX's persistent cache
 (`compile_cache.stored_program`), so a later process runs them without tracing the model.
-The values are the same as the whole program's.
+The values are the same as the whole program's, which `program` also serves (the Predictor's whole
+forward).
 """
 
 from __future__ import annotations

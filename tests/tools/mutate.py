@@ -473,7 +473,7 @@ MUTANTS = (
     "the whole forward reuses the weights it read for an earlier Predictor of the same model",
     "mpc_jax/predict.py",
     "    return found(leaves, x)",
-    "    return pieces.call_piece(_probabilities, model, x)",
+    "    return pieces.call_piece(_eval_probabilities, model, x)",
     ("tests/test_model.py::test_programs_are_stored_and_a_later_process_runs_them_without_tracing",),
   ),
   M(
