@@ -236,6 +236,46 @@ def test_sampled_loss_static_shapes_and_close_to_full():
       np.testing.assert_allclose(float(o[k]), float(full[k]), rtol=0.02)
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size"))
+def _global_value_and_grad(va, vb, m, num_samples, chunk_size):
+  def f(va, vb):
+    out = multiview_pixel_contrast(
+      va,
+      vb,
+      m,
+      key=KEY,
+      num_samples=num_samples,
+      chunk_size=chunk_size,
+      negatives="global",
+      bank_per_image=40,
+    )
+    return out["total"], out
+
+  return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(va, vb)
+
+
+# 100: the whole-image path runs 3 row chunks of 342 (the last padded), and 100 divides no set size
+@pytest.mark.parametrize("chunk_size", [None, 100])
+def test_whole_image_path_equals_the_sampled_path(chunk_size):
+  """With `num_samples` at least the 32 x 32 = 1024 pixels of scale 0, the loss takes the whole-image
+  path (one similarity product); with 700 it samples, and as no set here has more than 700 members the
+  sampling keeps every member (in a random order). Both must give the same values and gradients."""
+  rng = np.random.default_rng(5)
+  m = np.zeros((3, 32, 32), np.float32)
+  m[0, :, :14] = 1  # scale 0: 576 authentic, 448 forged
+  m[1] = _blob_mask(rng, 32, 32, 0.6)
+  m[2, 2:30, 19:31] = 1  # 336 forged: every set of every image has at most 700 members
+  assert all(max(mi.sum(), mi.size - mi.sum()) <= 700 for mi in m)
+  va, vb, m = _make_batch(rng, m, noise=0.8)
+  (_, whole), g_whole = _global_value_and_grad(va, vb, m, 5000, chunk_size)
+  (_, sampled), g_sampled = _global_value_and_grad(va, vb, m, 700, chunk_size)
+  for k in PARTS:
+    np.testing.assert_allclose(float(whole[k]), float(sampled[k]), rtol=2e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g_whole), jax.tree.leaves(g_sampled)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+  assert float(jnp.abs(g_whole[1][0]).max()) > 0  # view b gets a gradient (cross-modality)
+
+
 # ----------------------------------------------------------------------------- global negatives
 def test_global_negatives_sharded_equals_single_device():
   assert jax.device_count() == 8, "conftest.py sets 8 simulated CPU devices"

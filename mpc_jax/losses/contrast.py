@@ -5,7 +5,8 @@ across scales and across two views (two stochastic forward passes), so the backb
 separate tampered from authentic pixels. Every shape is static (pixel sets sampled with validity masks)
 and memory is bounded (negatives in chunks), so the loss jits once and fits at 512 px; negatives can also
 come from the other images of the global batch (`negatives='global'`). The terms are defined in
-`info_nce` and `_image_terms`; `multiview_pixel_contrast_sharded` runs the loss on a device mesh.
+`info_nce` and `_image_terms`; when nothing needs sampling, `_whole_image_terms` gets the same values from
+one similarity product per image. `multiview_pixel_contrast_sharded` runs the loss on a device mesh.
 """
 
 from __future__ import annotations
@@ -73,13 +74,27 @@ def info_nce(q, q_ok, n, n_ok, *, temperature=0.1, chunk_size=1024, extra_lse=No
     `pos` = mean similarity to the other valid queries. 0 when fewer than 2 queries are valid.
   """
   inv_t = 1.0 / temperature
-  q = l2_normalize(q) * q_ok[:, None]
+  q, pos = _positives(l2_normalize(q), q_ok, inv_t)
+  neg_lse = _negative_lse(q, l2_normalize(n), n_ok, inv_t, chunk_size)
+  return _nce(pos, neg_lse, q_ok, extra_lse)
+
+
+def _positives(q, q_ok, inv_t):
+  """`(q, pos)` from normalised queries `q [K, C]`: `q` zeroed where not `q_ok`, and each query's
+  positive logit `[K]`, its mean similarity to the other valid queries divided by T."""
+  q = q * q_ok[:, None]
   nq = jnp.sum(q_ok)
   self_sim = jnp.sum(q * q, axis=-1)
-  pos = (q @ jnp.sum(q, axis=0) - self_sim) / jnp.maximum(nq - 1, 1) * inv_t  # [K]
-  lse = jnp.logaddexp(pos, _negative_lse(q, l2_normalize(n), n_ok, inv_t, chunk_size))
+  return q, (q @ jnp.sum(q, axis=0) - self_sim) / jnp.maximum(nq - 1, 1) * inv_t
+
+
+def _nce(pos, neg_lse, q_ok, extra_lse=None):
+  """The InfoNCE value from the positive logits `pos [K]` and the negatives' log-sum-exp `neg_lse [K]`
+  (and optionally `extra_lse [K]`): the mean over valid queries, 0 with fewer than 2 of them."""
+  lse = jnp.logaddexp(pos, neg_lse)
   if extra_lse is not None:
     lse = jnp.logaddexp(lse, extra_lse)
+  nq = jnp.sum(q_ok)
   per_query = jnp.where(q_ok, lse - pos, 0.0)
   return jnp.where(nq >= 2, jnp.sum(per_query) / jnp.maximum(nq, 1), 0.0)
 
@@ -88,23 +103,27 @@ def _flat(x):
   return x.reshape(-1, x.shape[-1])
 
 
-def _image_sets(view_a, view_b, mask, key, num_samples, bank_per_image):
+def _scale_masks(mask, view_a):
+  """Forged flags at scale 0 `[h_0 w_0]` and at scales 1..3 concatenated `[P_c]`: the mask goes to each
+  scale by nearest (`m_s = nearest(mask, (h_s, w_s))`, PyTorch rounding), forged where `m_s >= 0.5`."""
+  masks = [downsample_mask_nearest(mask, v.shape[:2]).reshape(-1) for v in view_a]
+  return masks[0] >= 0.5, jnp.concatenate(masks[1:]) >= 0.5
+
+
+def _image_sets(view_a, view_b, mask, key, num_samples):
   """Sample one image's pixel sets. Views: four `[h_s, w_s, C]` maps; mask `[H, W]`.
 
-  The mask goes to each scale by nearest (`m_s = nearest(mask, (h_s, w_s))`, PyTorch rounding); queries
-  are authentic pixels (`m_s < 0.5`), negatives forged ones (`>= 0.5`); `c` is scales 1..3 concatenated.
+  Queries are authentic pixels, negatives forged ones (`_scale_masks`); `c` is scales 1..3 concatenated.
   Each set is sampled to at most `num_samples` members (uniform, without replacement) with a validity
   mask, so every shape is static; with `num_samples` at least every set's size nothing is random and the
   loss equals the reference's. The views share the sampled locations (the reference draws them
   independently per term; each term's distribution is the same).
-  Returns a dict of `(embeddings [k, C], ok [k])` pairs: `q0a q0b n0a n0b qca nca bank`.
+  Returns a dict of `(embeddings [k, C], ok [k])` pairs: `q0a q0b n0a n0b qca nca`.
   """
-  masks = [downsample_mask_nearest(mask, v.shape[:2]).reshape(-1) for v in view_a]
-  m0 = masks[0] >= 0.5
-  mc = jnp.concatenate(masks[1:]) >= 0.5
+  m0, mc = _scale_masks(mask, view_a)
   f0a, f0b = _flat(view_a[0]), _flat(view_b[0])
   fca = jnp.concatenate([_flat(v) for v in view_a[1:]])
-  k_q0, k_n0, k_qc, k_nc, k_bank = jax.random.split(key, 5)
+  k_q0, k_n0, k_qc, k_nc, _ = jax.random.split(key, 5)
   idx, ok = sample_indices(k_q0, ~m0, num_samples)
   sets = {"q0a": (f0a[idx], ok), "q0b": (f0b[idx], ok)}
   idx, ok = sample_indices(k_n0, m0, num_samples)
@@ -113,9 +132,22 @@ def _image_sets(view_a, view_b, mask, key, num_samples, bank_per_image):
   sets["qca"] = (fca[idx], ok)
   idx, ok = sample_indices(k_nc, mc, num_samples)
   sets["nca"] = (fca[idx], ok)
-  idx, ok = sample_indices(k_bank, m0, bank_per_image)
-  sets["bank"] = (f0a[idx], ok)
   return sets
+
+
+def _bank_set(view_a0, mask, key, bank_per_image):
+  """One image's entries of the global bank: `bank_per_image` forged pixels of `view_a0 [h_0, w_0, C]`
+  sampled without replacement, `(embeddings [k, C], ok [k])`."""
+  m0 = downsample_mask_nearest(mask, view_a0.shape[:2]).reshape(-1) >= 0.5
+  idx, ok = sample_indices(jax.random.split(key, 5)[4], m0, bank_per_image)
+  return _flat(view_a0)[idx], ok
+
+
+def _bank_lse(q, image_id, bank, bank_ok, bank_ids, inv_t, chunk_size):
+  """Log-sum-exp `[K]` of the queries' `q [K, C]` logits against the global bank `[Nb, C]`, leaving out
+  the entries of image `image_id` (the bank's owners are `bank_ids [Nb]`)."""
+  ok = bank_ok & (bank_ids != image_id)
+  return _negative_lse(q, l2_normalize(bank), ok, inv_t, chunk_size)
 
 
 def _pad_rows(x, rows):
@@ -143,12 +175,76 @@ def _image_terms(sets, image_id, bank, bank_ok, bank_ids, *, temperature, chunk_
   extra = None
   if bank is not None:
     q0 = l2_normalize(q[0]) * q_ok[0][:, None]
-    ok = bank_ok & (bank_ids != image_id)
-    lse0 = _negative_lse(q0, l2_normalize(bank), ok, 1.0 / temperature, chunk_size)
+    lse0 = _bank_lse(q0, image_id, bank, bank_ok, bank_ids, 1.0 / temperature, chunk_size)
     extra = jnp.full((len(_TERMS), k), _NEG, lse0.dtype).at[0].set(lse0)
   nce = functools.partial(info_nce, temperature=temperature, chunk_size=chunk_size)
   v = jax.vmap(nce)(q, q_ok, n, n_ok, extra_lse=extra)
   return {"intra": v[0], "cross_scale": v[1] + v[2], "cross_modality": v[3] + v[4]}
+
+
+def _whole_lses(a0, b0, ac, f0, fc, inv_t, chunk_size):
+  """Every negative log-sum-exp of the five terms when every pixel is used, from one product.
+
+  `a0, b0 [P, C]` are scale 0 of views a and b, `ac [Pc, C]` scales 1..3 of view a (normalised),
+  `f0 [P]` and `fc [Pc]` their forged flags. With `S = a0 [a0; b0; ac]^T / T`, each row gives its
+  log-sum-exp over the forged columns of each block (`[P]` each: aa, ab, ac), and each column of the ab
+  and ac blocks its log-sum-exp over the forged rows (`[P + Pc]`). With `chunk_size` set, the rows go
+  in chunks, recomputed in the backward pass, of at most `10 P chunk_size` similarities: twice what
+  the sampled path's five terms keep alive, as that path also keeps five padded copies of the sets (two
+  images at `P` = 64 x 64 and `chunk_size` 1024: one chunk, 799 MiB of XLA temporaries for the loss and
+  its gradient against the sampled path's 689 MiB).
+  """
+  p = a0.shape[0]
+  cols = jnp.concatenate([a0, b0, ac])
+  col_forged = jnp.concatenate([f0, f0, fc])
+
+  def block(rows, row_forged):
+    s = jnp.einsum("kc,mc->km", rows, cols) * inv_t
+    by_row = jnp.where(col_forged[None, :], s, _NEG)
+    lse = lambda x: jax.nn.logsumexp(x, axis=1)
+    by_col = jax.nn.logsumexp(jnp.where(row_forged[:, None], s[:, p:], _NEG), axis=0)
+    return (lse(by_row[:, :p]), lse(by_row[:, p : 2 * p]), lse(by_row[:, 2 * p :])), by_col
+
+  if chunk_size is None or cols.shape[0] <= 10 * chunk_size:
+    return block(a0, f0)
+  num_chunks = -(-cols.shape[0] // (10 * chunk_size))
+  chunk_rows = -(-p // num_chunks)
+  pad = num_chunks * chunk_rows - p
+  rows = jnp.pad(a0, ((0, pad), (0, 0))).reshape(num_chunks, chunk_rows, a0.shape[-1])
+  row_forged = jnp.pad(f0, (0, pad)).reshape(num_chunks, chunk_rows)  # padding rows are not forged
+
+  def step(col_lse, chunk):
+    by_row, by_col = jax.checkpoint(block)(*chunk)
+    return jnp.logaddexp(col_lse, by_col), by_row
+
+  init = jnp.full((cols.shape[0] - p,), _NEG, a0.dtype)
+  col_lse, by_row = jax.lax.scan(step, init, (rows, row_forged))
+  return tuple(r.reshape(-1)[:p] for r in by_row), col_lse
+
+
+def _whole_image_terms(view_a, view_b, mask, image_id, bank, bank_ok, bank_ids, *, temperature, chunk_size):
+  """`_image_terms` when every pixel is used (no set is larger than `num_samples`): the same values,
+  from one similarity product per row chunk (`_whole_lses`) instead of five padded to the largest set.
+
+  Views: four `[h_s, w_s, C]` maps; mask `[H, W]`; bank as in `_image_terms`.
+  """
+  inv_t = 1.0 / temperature
+  f0, fc = _scale_masks(mask, view_a)
+  a0, b0 = l2_normalize(_flat(view_a[0])), l2_normalize(_flat(view_b[0]))
+  ac = l2_normalize(jnp.concatenate([_flat(v) for v in view_a[1:]]))
+  (aa_lse, ab_lse, ac_lse), col_lse = _whole_lses(a0, b0, ac, f0, fc, inv_t, chunk_size)
+  q0a, pos0a = _positives(a0, ~f0, inv_t)
+  _, pos0b = _positives(b0, ~f0, inv_t)
+  _, posca = _positives(ac, ~fc, inv_t)
+  extra = None
+  if bank is not None:
+    extra = _bank_lse(q0a, image_id, bank, bank_ok, bank_ids, inv_t, chunk_size)
+  p = a0.shape[0]
+  return {
+    "intra": _nce(pos0a, aa_lse, ~f0, extra),
+    "cross_scale": _nce(pos0a, ac_lse, ~f0) + _nce(posca, col_lse[p:], ~fc),
+    "cross_modality": _nce(pos0a, ab_lse, ~f0) + _nce(pos0b, col_lse[:p], ~f0),
+  }
 
 
 def multiview_pixel_contrast(
@@ -164,7 +260,8 @@ def multiview_pixel_contrast(
   chunk_size: int | None = 1024,
   axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
-  """The stage-1 MPC loss of a batch: `total = intra + cross_scale + cross_modality` (`_image_terms`).
+  """The stage-1 MPC loss of a batch: `total = intra + cross_scale + cross_modality` (`_image_terms`;
+  `_whole_image_terms` when `num_samples` covers every pixel at scale 0, so nothing is sampled).
 
   The batch mean divides by the number of images, so an image whose terms are 0 counts as 0 (like the
   reference's mean over a batch of per-image losses) rather than being left out. With
@@ -184,7 +281,8 @@ def multiview_pixel_contrast(
     negatives: `'image'` (reference) or `'global'` (add forged pixels of the other images of the
       global batch to each image's intra-term negatives).
     bank_per_image: forged pixels each image puts in the global bank (`'global'` only).
-    chunk_size: negatives per log-sum-exp chunk; `None` computes the full `K x N` matrix.
+    chunk_size: negatives (queries, when nothing is sampled) per log-sum-exp chunk, which bounds the
+      similarities alive at once; `None` computes the full matrices.
     axis_name: set when called inside `shard_map` over the batch axis: image ids are offset by
       the device's position, the bank is all-gathered and the results are `pmean`-ed.
   Returns:
@@ -203,22 +301,28 @@ def multiview_pixel_contrast(
   image_ids = offset + jnp.arange(batch)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(image_ids)
 
-  sets = jax.vmap(functools.partial(_image_sets, num_samples=num_samples, bank_per_image=bank_per_image))(
-    view_a, view_b, mask, keys
-  )
   bank = bank_ok = bank_ids = None
   if negatives == "global":
-    bank, bank_ok = sets["bank"]  # [B, m, C], [B, m]
+    bank, bank_ok = jax.vmap(functools.partial(_bank_set, bank_per_image=bank_per_image))(
+      view_a[0], mask, keys
+    )  # [B, m, C], [B, m]
     bank_ids = jnp.broadcast_to(image_ids[:, None], bank_ok.shape)
     if axis_name is not None:
       gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
       bank, bank_ok, bank_ids = gather(bank), gather(bank_ok), gather(bank_ids)
     bank, bank_ok, bank_ids = _flat(bank), bank_ok.reshape(-1), bank_ids.reshape(-1)
 
-  terms = jax.vmap(
-    functools.partial(_image_terms, temperature=temperature, chunk_size=chunk_size),
-    in_axes=(0, 0, None, None, None),
-  )(sets, image_ids, bank, bank_ok, bank_ids)
+  options = dict(temperature=temperature, chunk_size=chunk_size)
+  if num_samples >= view_a[0].shape[1] * view_a[0].shape[2]:  # every set whole: nothing to sample
+    per_image = functools.partial(_whole_image_terms, **options)
+    terms = jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None, None))(
+      view_a, view_b, mask, image_ids, bank, bank_ok, bank_ids
+    )
+  else:
+    sets = jax.vmap(functools.partial(_image_sets, num_samples=num_samples))(view_a, view_b, mask, keys)
+    terms = jax.vmap(functools.partial(_image_terms, **options), in_axes=(0, 0, None, None, None))(
+      sets, image_ids, bank, bank_ok, bank_ids
+    )
   out = {k: jnp.mean(v) for k, v in terms.items()}
   if axis_name is not None:
     out = jax.lax.pmean(out, axis_name)
