@@ -4,6 +4,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from mpc_jax.models import layers
 
@@ -53,18 +54,20 @@ def test_batchnorm_train_steps_and_eval_match_numpy(momentum, eps):
 
 def test_batchnorm_gradient_equals_autodiff_of_the_formula():
   """BatchNorm's hand-written gradient (`_moments`, `_normalize`) equals JAX's autodiff of the plain
-  formula, for x, scale and bias, including cotangents on the batch mean and variance."""
+  formula, for x, scale and bias, including cotangents on the batch mean and variance; `x [n, G, m, C]`
+  with G = 3 groups, each with its own statistics."""
   jnp = jax.numpy
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(2.0, 3.0, (2, 3, 4, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(2.0, 3.0, (2, 3, 4, 5)) * np.arange(1, 4)[:, None, None], jnp.float32)
   scale, bias = (jnp.asarray(rng.normal(size=5), jnp.float32) for _ in range(2))
   w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
   eps = 1e-3
 
   def plain(x, scale, bias):
-    mean = jnp.mean(x, (0, 1, 2))
-    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
-    y = (x - mean) / jnp.sqrt(var + eps) * scale + bias
+    per_group = jnp.moveaxis(x, 1, 0).reshape(3, -1, 5)  # [G, n * m, C]
+    mean = jnp.mean(per_group, 1)
+    var = jnp.mean(jnp.square(per_group - mean[:, None]), 1)
+    y = (x - mean[:, None]) / jnp.sqrt(var + eps)[:, None] * scale + bias
     return jnp.sum(y * w) + jnp.sum(jnp.sin(mean)) + jnp.sum(jnp.cos(var))
 
   def ours(x, scale, bias):
@@ -75,6 +78,49 @@ def test_batchnorm_gradient_equals_autodiff_of_the_formula():
   np.testing.assert_allclose(ours(x, scale, bias), plain(x, scale, bias), rtol=1e-6)
   for got, want in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(plain, (0, 1, 2))(x, scale, bias)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_batchnorm_groups_equal_consecutive_passes():
+  """A BatchNorm with `groups=2` on an interleaved batch gives what one BatchNorm gives on each group in
+  turn: outputs, running statistics, the count of batches, and the gradients."""
+  jnp = jax.numpy
+  rng = np.random.default_rng(4)
+  a = jnp.asarray(rng.normal(1.0, 2.0, (3, 4, 5, 6)), jnp.float32)
+  b = jnp.asarray(rng.normal(-1.0, 0.5, (3, 4, 5, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 2, 4, 5, 6)), jnp.float32)
+  bn = layers.BatchNorm(6, momentum=0.3)
+  bn.scale.set_value(jnp.asarray(rng.normal(size=6), jnp.float32))
+  bn.mean.set_value(jnp.full((6,), 0.5))
+  graphdef, params, stats = nnx.split(bn, nnx.Param, ...)
+
+  def grouped(params, x):
+    m = nnx.merge(graphdef, params, stats, copy=True)
+    m.groups = 2
+    y = m(x.reshape(6, 4, 5, 6)).reshape(3, 2, 4, 5, 6)
+    return jnp.sum(y * w), (y, nnx.state(m, nnx.Not(nnx.Param)))
+
+  def consecutive(params, a, b):
+    m = nnx.merge(graphdef, params, stats, copy=True)
+    ya, yb = m(a), m(b)
+    return jnp.sum(ya * w[:, 0]) + jnp.sum(yb * w[:, 1]), (
+      jnp.stack([ya, yb], 1),
+      nnx.state(m, nnx.Not(nnx.Param)),
+    )
+
+  (_, (y, got)), (g_params, g_x) = jax.value_and_grad(grouped, (0, 1), has_aux=True)(
+    params, jnp.stack([a, b], 1)
+  )
+  (_, (y_want, want)), (g_params_want, g_a, g_b) = jax.value_and_grad(consecutive, (0, 1, 2), has_aux=True)(
+    params, a, b
+  )
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_want), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(g_x), np.stack([g_a, g_b], 1), rtol=1e-4, atol=1e-5)
+  for got_leaf, want_leaf in zip(jax.tree.leaves(g_params), jax.tree.leaves(g_params_want)):
+    np.testing.assert_allclose(np.asarray(got_leaf), np.asarray(want_leaf), rtol=1e-4, atol=1e-5)
+  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # running stats, count
+    np.testing.assert_allclose(np.asarray(got_leaf), np.asarray(want_leaf), rtol=1e-6)
+  assert int(got["num_batches_tracked"][...]) == 2
+  assert not np.allclose(np.asarray(got["mean"][...]), 0.5)  # the running mean moved
 
 
 def test_batchnorm_train_step_matches_torch():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mpc_jax import distributed, schedules, steps, train, train_state
+from mpc_jax import distributed, losses, schedules, steps, train, train_state
 from mpc_jax.data.pipeline import make_train_iterator
 from small_model import build_small_model
 from train_testlib import tiny_config
@@ -113,6 +113,47 @@ def _variant(config, **changes):
       node = node[name]
     node[leaf] = value
   return c
+
+
+def test_stage1_two_views_in_one_pass_equal_two_consecutive_passes(setup):
+  """The stage-1 step runs both views in one interleaved pass with per-view BatchNorm statistics
+  (`steps._two_view_features_fn`): on 8 devices, its maps, running statistics and gradients are those of
+  two consecutive passes of the model (drop-path off, so both are deterministic)."""
+  config, mesh = setup
+  config = _variant(config, **{"model.drop_path_rate": 0.0})
+  jnp = jax.numpy
+  with jax.set_mesh(mesh):
+    state, parts = train_state.create_state(build_small_model(config), config.stage1, mesh)
+    batch = _batches(config, mesh, 1, seed=5)[0]
+    images_b = batch["image"][:, :, ::-1] * 0.5  # a second view unlike the first
+    assert not np.allclose(np.asarray(batch["image"]), np.asarray(images_b))
+    two_views = steps._two_view_features_fn(parts)
+
+    def one_pass(params):
+      fa, fb, rest = two_views(params, state.frozen, state.rest, batch["image"], images_b)
+      return sum(jnp.sum(jnp.sin(3.0 * f)) for f in fa + fb), (fa + fb, rest)
+
+    def consecutive(params):
+      model = nnx.merge(parts.graphdef_train, parts.unflatten(params), state.frozen, state.rest, copy=True)
+      maps = [losses.l2_normalize(f) for f in model.features(batch["image"])]
+      maps += [losses.l2_normalize(f) for f in model.features(images_b)]
+      return sum(jnp.sum(jnp.sin(3.0 * f)) for f in maps), (maps, nnx.split(model, nnx.Param, ...)[2])
+
+    (_, (maps, rest)), grads = jax.jit(jax.value_and_grad(one_pass, has_aux=True))(state.params)
+    (_, (maps_want, rest_want)), grads_want = jax.jit(jax.value_and_grad(consecutive, has_aux=True))(
+      state.params
+    )
+  for got, want in zip(maps, maps_want):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  got_stats, want_stats = (
+    _params(jax.tree.map(np.asarray, r.filter(nnx.BatchStat))) for r in (rest, rest_want)
+  )
+  assert got_stats.keys() == want_stats.keys() and got_stats
+  for k in got_stats:
+    np.testing.assert_allclose(got_stats[k], want_stats[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # biases ahead of a BatchNorm have a gradient of 0 up to float32 cancellation, hence the atol
+  grads, grads_want = np.asarray(grads), np.asarray(grads_want)
+  np.testing.assert_allclose(grads, grads_want, rtol=1e-4, atol=1e-4 * np.abs(grads_want).max())
 
 
 def test_stage1_global_negatives_only_add_intra_negatives(setup, reference_first_step):

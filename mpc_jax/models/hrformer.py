@@ -156,6 +156,16 @@ def relative_position_index(window: int) -> np.ndarray:
   return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int64)
 
 
+def _projections(x, linears):
+  """`[lin(x) for lin in linears]` from one matrix product (the kernels side by side), which runs faster
+  forward and backward than one product per `Linear` on the CPU. `x [..., cin]`."""
+  dtype = linears[0].dtype
+  kernel = jnp.concatenate([lin.kernel[...] for lin in linears], axis=1).astype(dtype)
+  bias = jnp.concatenate([lin.bias[...] for lin in linears]).astype(dtype)
+  y = x.astype(dtype) @ kernel + bias
+  return jnp.split(y, len(linears), axis=-1)
+
+
 class WindowAttention(nnx.Module):
   """Multi-head self-attention inside `window x window` tokens with a relative position bias.
 
@@ -172,9 +182,9 @@ class WindowAttention(nnx.Module):
   def __call__(self, x):
     n, t, c = x.shape
     h, d = self.num_heads, c // self.num_heads
-    q = (self.q_proj(x) * (d**-0.5)).reshape(n, t, h, d)
-    k = self.k_proj(x).reshape(n, t, h, d)
-    v = self.v_proj(x).reshape(n, t, h, d)
+    q, k, v = _projections(x, (self.q_proj, self.k_proj, self.v_proj))
+    q = (q * (d**-0.5)).reshape(n, t, h, d)
+    k, v = k.reshape(n, t, h, d), v.reshape(n, t, h, d)
     logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32)
     index = relative_position_index(self.window).reshape(-1)
     bias = self.relative_position_bias_table[...][index].reshape(t, t, h).transpose(2, 0, 1)

@@ -215,15 +215,17 @@ class Linear(nnx.Module):
 # BatchNorm's gradient is written by hand (`_moments`, `_normalize`): autodiff of the formula gives
 # about five per-channel reductions backward, this gives two (sum dy, sum dy * (x - mean)). Fewer
 # kernels compile faster (the HRFormer has ~80 BatchNorms per pass) and make fewer passes over the
-# activations; `tests/test_layers.py` checks it against autodiff of the plain formula.
+# activations; `tests/test_layers.py` checks it against autodiff of the plain formula. Both work on
+# `x [n, G, m, C]`: `G` independent groups (the views of a two-view batch), each with its own statistics
+# `[G, C]` over its `n * m` positions.
 
 
 @jax.custom_vjp
 def _moments(x):
-  """Per-channel mean and biased variance `[C]` of `x` `[..., C]` (two passes, as PyTorch)."""
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axes)
-  return mean, jnp.mean(jnp.square(x - mean), axes)
+  """Per-group, per-channel mean and biased variance `[G, C]` of `x [n, G, m, C]` (two passes, as
+  PyTorch)."""
+  mean = jnp.mean(x, (0, 2))
+  return mean, jnp.mean(jnp.square(x - mean[:, None]), (0, 2))
 
 
 def _moments_fwd(x):
@@ -234,8 +236,8 @@ def _moments_fwd(x):
 def _moments_bwd(res, g):
   x, mean = res
   g_mean, g_var = g
-  n = x.size // x.shape[-1]
-  return ((g_mean + 2.0 * g_var * (x - mean)) / n,)
+  n = x.shape[0] * x.shape[2]
+  return ((g_mean[:, None] + 2.0 * g_var[:, None] * (x - mean[:, None])) / n,)
 
 
 _moments.defvjp(_moments_fwd, _moments_bwd)
@@ -243,8 +245,9 @@ _moments.defvjp(_moments_fwd, _moments_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _normalize(x, mean, var, scale, bias, eps):
-  """`(x - mean) / sqrt(var + eps) * scale + bias`: `x` `[..., C]`, the others `[C]`."""
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  """`(x - mean) / sqrt(var + eps) * scale + bias`: `x [n, G, m, C]`, `mean, var [G, C]`, the others
+  `[C]`."""
+  return (x - mean[:, None]) * jax.lax.rsqrt(var + eps)[:, None] * scale + bias
 
 
 def _normalize_fwd(x, mean, var, scale, bias, eps):
@@ -253,13 +256,13 @@ def _normalize_fwd(x, mean, var, scale, bias, eps):
 
 def _normalize_bwd(eps, res, dy):
   x, mean, var, scale = res
-  axes = tuple(range(x.ndim - 1))
-  inv = jax.lax.rsqrt(var + eps)
-  d_bias = jnp.sum(dy, axes)
-  d_centred = jnp.sum(dy * (x - mean), axes)  # times inv: the gradient of scale
-  d_mean = -d_bias * scale * inv
+  inv = jax.lax.rsqrt(var + eps)  # [G, C]
+  d_shift = jnp.sum(dy, (0, 2))  # [G, C]
+  d_centred = jnp.sum(dy * (x - mean[:, None]), (0, 2))  # times inv: the gradient of scale
+  d_mean = -d_shift * scale * inv
   d_var = -0.5 * d_centred * scale * inv**3
-  return dy * (scale * inv), d_mean, d_var, d_centred * inv, d_bias
+  dx = dy * (scale * inv)[:, None]
+  return dx, d_mean, d_var, jnp.sum(d_centred * inv, 0), jnp.sum(d_shift, 0)
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
@@ -270,7 +273,11 @@ class BatchNorm(nnx.Module):
 
   Training mode normalises with the (global) batch's biased variance and updates the running
   statistics with the unbiased one, `running = (1 - momentum) * running + momentum * batch`
-  (`momentum` in PyTorch's convention). Eval mode uses the running statistics.
+  (`momentum` in PyTorch's convention). Eval mode uses the running statistics. With `groups = G`
+  (set by `model.set_attributes(groups=G)`), the batch interleaves `G` independent batches (item `i`
+  belongs to group `i % G`, e.g. the two views of each image): each is normalised with its own
+  statistics and the running statistics are updated once per group, in order, exactly as `G`
+  consecutive passes would.
   """
 
   def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
@@ -282,23 +289,32 @@ class BatchNorm(nnx.Module):
     self.eps = eps
     self.momentum = momentum
     self.use_running_average = False
+    self.groups = 1
 
   def __call__(self, x):
     dtype = x.dtype
-    xf = x.astype(jnp.float32)
+    c, g = x.shape[-1], self.groups
+    if x.shape[0] % g:
+      raise ValueError(f"BatchNorm: a batch of {x.shape[0]} does not split into groups={g}")
+    xf = x.astype(jnp.float32).reshape(x.shape[0] // g, g, -1, c)
     if self.use_running_average:
-      mean, var = self.mean[...], self.var[...]
+      mean, var = self.mean[...][None], self.var[...][None]
     else:
       mean, var = _moments(xf)
-      n = math.prod(x.shape[:-1])
+      n = xf.shape[0] * xf.shape[2]
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
+      running_mean, running_var = self.mean[...], self.var[...]
+      for i in range(g):
+        running_mean = (1 - m) * running_mean + m * jax.lax.stop_gradient(mean[i])
+        running_var = (1 - m) * running_var + m * jax.lax.stop_gradient(unbiased[i])
       # Whole-value writes: an indexed write (`v[...] = x`) on a tracer costs time proportional to
       # the program traced so far, which made tracing quadratic in the model's size.
-      self.mean.set_value((1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
-      self.var.set_value((1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
-      self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
-    return _normalize(xf, mean, var, self.scale[...], self.bias[...], self.eps).astype(dtype)
+      self.mean.set_value(running_mean)
+      self.var.set_value(running_var)
+      self.num_batches_tracked.set_value(self.num_batches_tracked[...] + g)
+    y = _normalize(xf, mean, var, self.scale[...], self.bias[...], self.eps)
+    return y.reshape(x.shape).astype(dtype)
 
 
 class LayerNorm(nnx.Module):
