@@ -1,6 +1,7 @@
 """Benchmark of the stage-1 loss (forward + backward) on this machine's CPU.
 
     python bench/bench_loss.py            # prints a table, writes bench/results/loss.json
+    python bench/bench_loss.py --paths    # the two paths at the 256 px training shape: loss_paths.json
 
 Plain (`chunk_size=None`, full `K x N` similarity matrices) against chunked (`chunk_size=1024`) at
 `num_samples` 1000 / 5000 / 10000 on the batch `_inputs` makes, each configuration in its own subprocess so
@@ -203,8 +204,88 @@ def _fmt(r):
   )
 
 
+def compare_paths(repeats: int = 5):
+  """The loss at a 256 px stage-1 step's shapes (2 images, scale-0 maps 64 x 64, 256 channels, half of
+  every image forged, `chunk_size` 1024), forward + backward, by its two paths in one process: the
+  whole-image path (`num_samples` 5000 covers all 4096 pixels: one similarity product per image) and the
+  sampled path (`num_samples` 4095: five products padded to the largest set; as no set has more than
+  2048 members, it keeps every member and gives the same loss). Writes bench/results/loss_paths.json."""
+  import jax
+  import numpy as np
+
+  from common import write_result
+  from mpc_jax.losses import multiview_pixel_contrast
+
+  b, h, c = 2, 64, C
+  rng = np.random.default_rng(0)
+  views = []
+  for _ in range(2):
+    maps = [rng.normal(size=(b, h >> s, h >> s, c)).astype(np.float32) for s in range(4)]
+    views.append([x / np.linalg.norm(x, axis=-1, keepdims=True) for x in maps])
+  mask = np.zeros((b, h, h), np.float32)
+  mask[:, : h // 2] = 1.0
+  va, vb, mask = jax.device_put((views[0], views[1], mask))
+  rows = []
+  for path, k in (("sampled", h * h - 1), ("whole image", 5000)):
+
+    def loss(va, vb, k=k):
+      return multiview_pixel_contrast(va, vb, mask, key=jax.random.key(0), num_samples=k, chunk_size=CHUNK)[
+        "total"
+      ]
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(va, vb).compile()
+    compile_s = time.perf_counter() - t0
+    value = float(compiled(va, vb)[0])
+    times = sorted(_timed(lambda f=compiled: jax.block_until_ready(f(va, vb))) for _ in range(repeats))
+    mem = compiled.memory_analysis()
+    rows.append(
+      dict(
+        path=path,
+        num_samples=k,
+        compile_s=compile_s,
+        median_s=times[len(times) // 2],
+        min_s=times[0],
+        xla_temp_bytes=mem.temp_size_in_bytes if mem is not None else None,
+        loss=value,
+      )
+    )
+  for r in rows:
+    r["speed_vs_sampled"] = rows[0]["median_s"] / r["median_s"]
+    print(
+      f"{r['path']:>12}: median {r['median_s']:.2f} s, best {r['min_s']:.2f} s, compile {r['compile_s']:.1f} s, "
+      f"XLA temporaries {r['xla_temp_bytes'] / 2**20:.0f} MiB, loss {r['loss']:.6f}, {r['speed_vs_sampled']:.2f}x"
+    )
+  meta = dict(
+    batch=b,
+    scale0=[h, h],
+    channels=c,
+    forged_fraction=0.5,
+    chunk_size=CHUNK,
+    repeats=repeats,
+    cores=os.cpu_count(),
+    note="forward + backward of the jitted loss",
+  )
+  units = dict(
+    batch="images",
+    scale0="px",
+    channels="count",
+    chunk_size="negatives per chunk",
+    num_samples="pixels per set",
+    compile_s="s",
+    median_s="s",
+    min_s="s",
+    xla_temp_bytes="bytes",
+    loss="loss value",
+    speed_vs_sampled="sampled median / this median",
+  )
+  write_result(RESULTS.with_name("loss_paths.json"), dict(meta=meta, rows=rows), units)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) > 1 and sys.argv[1] == "--one":
+  if len(sys.argv) > 1 and sys.argv[1] == "--paths":
+    compare_paths()
+  elif len(sys.argv) > 1 and sys.argv[1] == "--one":
     run_one(int(sys.argv[2]), bool(int(sys.argv[3])))
   else:
     print(HEADER)

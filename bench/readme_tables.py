@@ -128,6 +128,16 @@ def fig_loss() -> str:
   )
 
 
+def fig_loss_paths() -> str:
+  rows = load("loss_paths.json")["rows"]
+  sampled, whole = row(rows, path="sampled"), row(rows, path="whole image")
+  return (
+    f"whole-image path {whole['median_s']:.2f} s ({gib(whole['xla_temp_bytes'])} of XLA temporaries) against "
+    f"the sampled path's {sampled['median_s']:.2f} s ({gib(sampled['xla_temp_bytes'])}): "
+    f"{whole['speed_vs_sampled']:.1f}x, same loss ({whole['loss']:.5f} and {sampled['loss']:.5f})"
+  )
+
+
 def fig_data() -> str:
   d = load("data.json")
   rows = d["rows"]
@@ -286,6 +296,12 @@ ROWS = [
     fig_profile,
   ),
   ("stage-1 loss fwd+bwd, 4 images, 128x128 maps, 256 ch", "loss.json", "", fig_loss),
+  (
+    "stage-1 loss fwd+bwd at a 256 px step's shapes (2 images, 64x64 maps, 256 ch): its two paths",
+    "loss_paths.json",
+    "",
+    fig_loss_paths,
+  ),
   ("training input pipeline, 512 px, full augmentation", "data.json", "", fig_data),
   (
     "depth-wise 3x3 convolution, HRT-base's shapes at 512 px, batch 2",

@@ -1,8 +1,10 @@
 """The jitted steps: `(state, batch) -> (state, metrics)` for each stage, and the predict function.
 
-Stage 1: each batch goes through the backbone twice, as in the reference (drop path draws
-independent masks, BatchNorm statistics thread from the first pass into the second); the four
-per-scale maps are L2-normalised and the multi-view pixel contrast is the loss.
+Stage 1: each batch goes through the backbone as two views, with the values of the reference's two
+consecutive passes (drop path draws independent masks, BatchNorm normalises each view by its own
+statistics and updates its running statistics with the first view, then the second) but in one
+interleaved pass (`_two_view_features_fn`); the four per-scale maps are L2-normalised and the multi-view
+pixel contrast is the loss.
 
 Stage 2: the sigmoid focal loss on the head's logits at 1/4.
 
