@@ -277,7 +277,7 @@ ROWS = [
     fig_reference,
   ),
   (
-    "stage-1 training step beside the PyTorch reference, HRT-base, 2x256x256, float32, median of 2, same machine",
+    "stage-1 training step beside the PyTorch reference, HRT-base, 2x256x256, float32, median of 3, same machine",
     "reference_stage1_cpu.json",
     "",
     fig_reference_stage1,
