@@ -23,6 +23,14 @@ B, H, W, C = 4, 128, 128, 256
 SAMPLES = (1000, 5000, 10000)
 CHUNK = 1024
 MAX_PLAIN_BYTES = 6 * 2**30  # do not execute a plain configuration whose XLA estimate is larger
+SHAPE_UNITS = dict(
+  batch="images",
+  num_samples="pixels per set",
+  scale0="px",
+  channels="count",
+  chunk_size="negatives per chunk",
+  compile_s="s",
+)
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "loss.json"
 
 
@@ -139,6 +147,20 @@ def run_one(k, chunked):
   print(json.dumps(row))
 
 
+def _meta(batch, h, w, **extra):
+  """The results file's description of the inputs (half of every image forged) and the machine."""
+  return dict(
+    batch=batch,
+    scale0=[h, w],
+    channels=C,
+    forged_fraction=0.5,
+    chunk_size=CHUNK,
+    cpu=platform.processor() or platform.machine(),
+    cores=os.cpu_count(),
+    **extra,
+  )
+
+
 def main():
   rows = []
   for k in SAMPLES:
@@ -154,25 +176,13 @@ def main():
       else:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(_fmt(rows[-1]), flush=True)
-  meta = dict(
-    batch=B,
-    scale0=[H, W],
-    channels=C,
-    forged_fraction=0.5,
-    chunk_size=CHUNK,
-    cpu=platform.processor() or platform.machine(),
-    cores=os.cpu_count(),
-    note="times are one forward+backward of the jitted loss; the machine is shared, so expect noise",
+  meta = _meta(
+    B, H, W, note="times are one forward+backward of the jitted loss; the machine is shared, so expect noise"
   )
   from common import write_result
 
   units = dict(
-    batch="images",
-    num_samples="pixels per set",
-    scale0="px",
-    channels="count",
-    chunk_size="negatives per chunk",
-    compile_s="s",
+    SHAPE_UNITS,
     run_s="s",
     xla_peak_bytes="bytes",
     peak_rss_bytes="bytes",
@@ -256,23 +266,9 @@ def compare_paths(repeats: int = 5):
       f"{r['path']:>12}: median {r['median_s']:.2f} s, best {r['min_s']:.2f} s, compile {r['compile_s']:.1f} s, "
       f"XLA temporaries {r['xla_temp_bytes'] / 2**20:.0f} MiB, loss {r['loss']:.6f}, {r['speed_vs_sampled']:.2f}x"
     )
-  meta = dict(
-    batch=b,
-    scale0=[h, h],
-    channels=c,
-    forged_fraction=0.5,
-    chunk_size=CHUNK,
-    repeats=repeats,
-    cores=os.cpu_count(),
-    note="forward + backward of the jitted loss",
-  )
+  meta = _meta(b, h, h, repeats=repeats, note="forward + backward of the jitted loss")
   units = dict(
-    batch="images",
-    scale0="px",
-    channels="count",
-    chunk_size="negatives per chunk",
-    num_samples="pixels per set",
-    compile_s="s",
+    SHAPE_UNITS,
     median_s="s",
     min_s="s",
     xla_temp_bytes="bytes",
