@@ -3,7 +3,7 @@
 Stage 1: each batch goes through the backbone as two views, with the values of the reference's two
 consecutive passes (drop path draws independent masks, BatchNorm normalises each view by its own
 statistics and updates its running statistics with the first view, then the second) but in one
-interleaved pass (`_two_view_features_fn`); the four per-scale maps are L2-normalised and the multi-view
+interleaved pass (`_two_view_features`); the four per-scale maps are L2-normalised and the multi-view
 pixel contrast is the loss.
 
 Stage 2: the sigmoid focal loss on the head's logits at 1/4.
@@ -43,8 +43,8 @@ def _split_rest(model):
   return nnx.split(model, nnx.Param, ...)[2]
 
 
-def _two_view_features_fn(parts: Parts):
-  """Jitted `(flat params, frozen, rest, images_a, images_b [B, H, W, 3]) -> (view a's and view b's four
+def _two_view_features(parts: Parts, params, frozen, rest, images_a, images_b):
+  """`(flat params, frozen, rest, images_a, images_b [B, H, W, 3]) -> (view a's and view b's four
   L2-normalised maps `[B, h_s, w_s, C]` float32, new rest)`.
 
   One pass over both views, interleaved (`[B, 2] -> [2B]`, so a batch sharded over devices stays where
@@ -53,23 +53,18 @@ def _two_view_features_fn(parts: Parts):
   reference runs them, from one backbone in the program, so it compiles in about half the time.
   Drop-path draws its masks for both views at once (the same distribution as two draws).
   """
-
-  def fn(params, frozen, rest, images_a, images_b):
-    model = nnx.merge(parts.graphdef_train, parts.unflatten(params), frozen, rest, copy=True)
-    model.set_attributes(BatchNorm, groups=2)
-    images = jnp.stack([images_a, images_b], axis=1)
-    maps = model.features(images.reshape(-1, *images.shape[2:]))
-    maps = [l2_normalize(f.astype(jnp.float32)).reshape(-1, 2, *f.shape[1:]) for f in maps]
-    return [f[:, 0] for f in maps], [f[:, 1] for f in maps], _split_rest(model)
-
-  return jax.jit(fn)
+  model = nnx.merge(parts.graphdef_train, parts.unflatten(params), frozen, rest, copy=True)
+  model.set_attributes(BatchNorm, groups=2)
+  images = jnp.stack([images_a, images_b], axis=1)
+  maps = model.features(images.reshape(-1, *images.shape[2:]))
+  maps = [l2_normalize(f.astype(jnp.float32)).reshape(-1, 2, *f.shape[1:]) for f in maps]
+  return [f[:, 0] for f in maps], [f[:, 1] for f in maps], _split_rest(model)
 
 
 def make_stage1_step(parts: Parts, lcfg, mesh, *, seed: int):
   """Jitted `(state, batch) -> (state, metrics)` for the multi-view pixel contrast (`lcfg`:
   `config.stage1.loss`; `seed`: the pixel sampling's, `rng_seeds(config)['loss']`)."""
   loss_key = jax.random.key(seed)
-  features = _two_view_features_fn(parts)
   kw = dict(
     num_samples=int(lcfg.num_samples), temperature=float(lcfg.temperature), chunk_size=int(lcfg.chunk_size)
   )
@@ -79,7 +74,7 @@ def make_stage1_step(parts: Parts, lcfg, mesh, *, seed: int):
 
     def loss_fn(params):
       images_b = batch.get("image_view2", batch["image"])
-      fa, fb, rest = features(params, state.frozen, state.rest, batch["image"], images_b)
+      fa, fb, rest = _two_view_features(parts, params, state.frozen, state.rest, batch["image"], images_b)
       if lcfg.negatives == "global":
         loss = multiview_pixel_contrast_sharded(
           fa,

@@ -117,7 +117,7 @@ def _variant(config, **changes):
 
 def test_stage1_two_views_in_one_pass_equal_two_consecutive_passes(setup):
   """The stage-1 step runs both views in one interleaved pass with per-view BatchNorm statistics
-  (`steps._two_view_features_fn`): on 8 devices, its maps, running statistics and gradients are those of
+  (`steps._two_view_features`): on 8 devices, its maps, running statistics and gradients are those of
   two consecutive passes of the model (drop-path off, so both are deterministic)."""
   config, mesh = setup
   config = _variant(config, **{"model.drop_path_rate": 0.0})
@@ -127,10 +127,11 @@ def test_stage1_two_views_in_one_pass_equal_two_consecutive_passes(setup):
     batch = _batches(config, mesh, 1, seed=5)[0]
     images_b = batch["image"][:, :, ::-1] * 0.5  # a second view unlike the first
     assert not np.allclose(np.asarray(batch["image"]), np.asarray(images_b))
-    two_views = steps._two_view_features_fn(parts)
 
     def one_pass(params):
-      fa, fb, rest = two_views(params, state.frozen, state.rest, batch["image"], images_b)
+      fa, fb, rest = steps._two_view_features(
+        parts, params, state.frozen, state.rest, batch["image"], images_b
+      )
       return sum(jnp.sum(jnp.sin(3.0 * f)) for f in fa + fb), (fa + fb, rest)
 
     def consecutive(params):

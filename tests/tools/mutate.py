@@ -168,7 +168,7 @@ MUTANTS = (
     "two-view-shared-stats",
     "the two-view pass normalises both views with shared BatchNorm statistics",
     "mpc_jax/steps.py",
-    "    model.set_attributes(BatchNorm, groups=2)\n",
+    "  model.set_attributes(BatchNorm, groups=2)\n",
     "",
     ("tests/test_train.py::test_stage1_two_views_in_one_pass_equal_two_consecutive_passes",),
   ),
