@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -25,7 +26,9 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import compile_forward, report, step_runner, time_fn  # noqa: E402
+from common import RETAINED_FREED_MEMORY, compile_forward, report, step_runner, time_fn  # noqa: E402
+
+from mpc_jax import host_memory  # noqa: E402
 
 # What the reference needs besides torch, yacs and einops: two timm helpers, and a torchvision import the
 # model file makes and its forward does not use.
@@ -107,10 +110,10 @@ print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.med
 )
 
 
-def reference_stage1_step(root: str, size: int, batch: int, repeats: int) -> dict:
+def reference_stage1_step(root: str, size: int, batch: int, repeats: int, env: dict | None = None) -> dict:
   """Times the reference's stage-1 step (its `stage1/` HRFormer-base, two passes, `losses.MyLoss` per
   image with 5000 sampled pixels per set, AdamW) in a subprocess, as `reference_forward`."""
-  return _run_reference(REFERENCE_STAGE1_SCRIPT, root, size, batch, repeats)
+  return _run_reference(REFERENCE_STAGE1_SCRIPT, root, size, batch, repeats, env=env)
 
 
 def ours_stage1_step(size: int, batch: int, repeats: int, depthwise: str) -> dict:
@@ -138,18 +141,23 @@ def ours_stage1_step(size: int, batch: int, repeats: int, depthwise: str) -> dic
   return dict(build_s=build_s, **times, **timing)
 
 
-def _run_reference(script: str, *argv) -> dict:
-  proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+def _run_reference(script: str, *argv, env: dict | None = None) -> dict:
+  """The reference `script` run with `argv` in a new Python process (`env` added to its environment):
+  the JSON object its last output line holds."""
+  env = {**os.environ, **env} if env else None
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True, env=env
+  )
   if proc.returncode != 0:
     raise SystemExit(f"bench_reference: the reference did not run: {proc.stderr.strip().splitlines()[-1:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def reference_forward(root: str, size: int, repeats: int) -> dict:
+def reference_forward(root: str, size: int, repeats: int, env: dict | None = None) -> dict:
   """Times the reference's stage-2 model (`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head,
   `no_grad`) in a subprocess with the `torch`, `yacs` and `einops` of this Python (`pip install torch yacs
   einops`); timm is given the two helpers the reference imports from it when it is not installed."""
-  return _run_reference(REFERENCE_SCRIPT, root, size, repeats)
+  return _run_reference(REFERENCE_SCRIPT, root, size, repeats, env=env)
 
 
 def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
@@ -183,32 +191,53 @@ def main(argv=None):
       "(no CATNet_dataset_train/stage2/model.py)"
     )
   stage1 = args.what == "stage1"
-  if stage1:
-    ref = reference_stage1_step(args.reference, args.size, args.batch, args.repeats)
-  else:
-    ref = reference_forward(args.reference, args.size, args.repeats)
-  rows = [
-    dict(
-      impl=f"reference (torch {ref['torch']}, {ref['threads']} threads)",
-      **{k: ref[k] for k in ("build_s", "first_call_s", "median_s", "min_s")},
+  rows = []
+  # The reference as published, then with glibc's malloc set as mpc-jax sets it for itself
+  # (`mpc_jax.host_memory`), so that the comparison shows what that setting alone gives either side.
+  for malloc, env in (
+    ("", None),
+    (", malloc as mpc-jax sets it", {"GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES}),
+  ):
+    if stage1:
+      got = reference_stage1_step(args.reference, args.size, args.batch, args.repeats, env)
+    else:
+      got = reference_forward(args.reference, args.size, args.repeats, env)
+    rows.append(
+      dict(
+        impl=f"reference (torch {got['torch']}, {got['threads']} threads{malloc})",
+        **{k: got[k] for k in ("build_s", "first_call_s", "median_s", "min_s")},
+      )
     )
-  ]
+    print(rows[-1], flush=True)
+  ref = rows[0]
   for depthwise in args.depthwise.split(","):
     if stage1:
       ours = ours_stage1_step(args.size, args.batch, args.repeats, depthwise)
     else:
       ours = ours_forward(args.size, args.repeats, depthwise)
     ours = {k: ours[k] for k in ("build_s", "lower_s", "compile_s", "first_call_s", "median_s", "min_s")}
-    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}", **ours))
+    malloc = "" if RETAINED_FREED_MEMORY else ", malloc as glibc sets it"
+    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}{malloc}", **ours))
     print(rows[-1], flush=True)
   for row in rows:
     row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
+    row["speed_vs_reference_same_malloc"] = rows[1]["median_s"] / row["median_s"]
     row["input"] = f"{args.batch if stage1 else 1}x{args.size}x{args.size}"
   platform = jax.devices()[0].platform
   report(
     args.out or (f"reference_stage1_{platform}" if stage1 else f"reference_{platform}"),
     rows,
-    ["impl", "input", "build_s", "lower_s", "compile_s", "first_call_s", "median_s", "speed_vs_reference"],
+    [
+      "impl",
+      "input",
+      "build_s",
+      "lower_s",
+      "compile_s",
+      "first_call_s",
+      "median_s",
+      "speed_vs_reference",
+      "speed_vs_reference_same_malloc",
+    ],
     {
       "build_s": "s",
       "lower_s": "s",
@@ -217,6 +246,7 @@ def main(argv=None):
       "median_s": "s",
       "min_s": "s",
       "speed_vs_reference": "reference median / this median",
+      "speed_vs_reference_same_malloc": "median of the reference with mpc-jax's malloc setting / this median",
     },
     extra={"program": "stage-1 training step" if stage1 else "forward (eval)"},
   )

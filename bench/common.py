@@ -12,6 +12,11 @@ import time
 
 import jax
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from mpc_jax import host_memory  # noqa: E402
+
+# What `mpc-jax train/eval/predict` do before JAX makes its CPU client; the benches measure that setting.
+RETAINED_FREED_MEMORY = host_memory.retain_freed_memory()
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -24,6 +29,7 @@ def machine() -> dict:
     "cpu_count": os.cpu_count(),
     "python": platform.python_version(),
     "jax": jax.__version__,
+    "retained_freed_memory": RETAINED_FREED_MEMORY,
   }
 
 

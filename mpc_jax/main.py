@@ -71,12 +71,12 @@ def run(argv=None) -> int:
     return 2
   prog = f"mpc-jax {name}"
   try:
-    module = importlib.import_module(COMMANDS[name][0])
     if name in ("train", "eval", "predict"):
-      from mpc_jax import compile_cache
+      from mpc_jax import compile_cache, host_memory
 
+      host_memory.retain_freed_memory()  # before JAX makes its CPU client
       compile_cache.enable()  # `train` may point it elsewhere (config.compilation_cache_dir)
-    code = module.cli_main(rest)
+    code = importlib.import_module(COMMANDS[name][0]).cli_main(rest)
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130

@@ -165,6 +165,22 @@ MUTANTS = (
     ("tests/test_losses.py",),
   ),
   M(
+    "malloc-per-thread-arenas",
+    "host_memory leaves glibc's per-thread arenas, which give large blocks back to the kernel",
+    "mpc_jax/host_memory.py",
+    "((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))",
+    "((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))",
+    ("tests/test_host_memory.py::test_retained_memory_is_not_faulted_in_again",),
+  ),
+  M(
+    "malloc-heap-trimmed",
+    "host_memory keeps glibc's trim threshold, so the heap's freed top goes back to the kernel",
+    "mpc_jax/host_memory.py",
+    "((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))",
+    "((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0))",
+    ("tests/test_host_memory.py::test_retained_memory_is_not_faulted_in_again",),
+  ),
+  M(
     "two-view-shared-stats",
     "the two-view pass normalises both views with shared BatchNorm statistics",
     "mpc_jax/steps.py",
