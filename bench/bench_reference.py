@@ -184,7 +184,17 @@ def main(argv=None):
   p.add_argument(
     "--out", default="", help="results name (default reference_PLATFORM / reference_stage1_PLATFORM)"
   )
+  p.add_argument(
+    "--cache-dir",
+    default="",
+    help="JAX's persistent compilation cache for mpc-jax's programs (default: none, each run compiles "
+    "them); one that an earlier run filled times mpc-jax as a restarted run, which reads them",
+  )
   args = p.parse_args(argv)
+  if args.cache_dir:
+    from mpc_jax import compile_cache
+
+    compile_cache.enable(args.cache_dir)
   if not (pathlib.Path(args.reference) / "CATNet_dataset_train/stage2/model.py").is_file():
     p.error(
       f"--reference {args.reference!r} is not a checkout of multimediaFor/MPC "
