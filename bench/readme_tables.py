@@ -161,18 +161,22 @@ def _beside_reference(name: str, forms: dict, digits: int) -> str:
   """`reference T s; mpc-jax T s WORDS(ratio; lower + compile) ...` for each depth-wise form in `forms`
   that the results hold (a run may time only some: `--depthwise auto`)."""
   rows = load(name)["rows"]
-  ref = [r for r in rows if r["impl"].startswith("reference")][0]
+  refs = [r for r in rows if r["impl"].startswith("reference")]
+  ref = refs[0]
+  same = [r for r in refs if "malloc as mpc-jax sets it" in r["impl"]]
   parts = []
   timed = {r["impl"] for r in rows}
   for form, words in forms.items():
     if f"mpc-jax, depthwise={form}" not in timed:
       continue
     r = row(rows, impl=f"mpc-jax, depthwise={form}")
+    beside = f", {r['speed_vs_reference_same_malloc']:.2f}x with its malloc set as ours" if same else ""
     parts.append(
-      f"{r['median_s']:.{digits}f} s {words}({r['speed_vs_reference']:.2f}x the reference's speed; lower + "
-      f"compile {r['lower_s'] + r['compile_s']:.0f} s)"
+      f"{r['median_s']:.{digits}f} s {words}({r['speed_vs_reference']:.2f}x the reference's speed{beside}; "
+      f"lower + compile {r['lower_s'] + r['compile_s']:.0f} s)"
     )
-  return f"reference {ref['median_s']:.{digits}f} s; mpc-jax " + ", ".join(parts)
+  also = f" ({same[0]['median_s']:.{digits}f} s with glibc's malloc set as mpc-jax sets it)" if same else ""
+  return f"reference {ref['median_s']:.{digits}f} s{also}; mpc-jax " + ", ".join(parts)
 
 
 def fig_reference() -> str:
@@ -187,6 +191,26 @@ def fig_reference_stage1() -> str:
     "xla": "with XLA's grouped depth-wise convolution ",
   }
   return _beside_reference("reference_stage1_cpu.json", forms, 1)
+
+
+def fig_reference_stage1_cached() -> str:
+  return _beside_reference("reference_stage1_cached_cpu.json", {"auto": ""}, 1)
+
+
+def fig_host_memory() -> str:
+  rows = load("host_memory_cpu.json")["rows"]
+  parts = []
+  for program in dict.fromkeys(r["program"] for r in rows):
+    base, kept = (r for r in rows if r["program"] == program)
+    cell = lambda r: (
+      f"{r['median_s']:.2f} s ({r['faults_per_call'] / 1e6:.2f} M page faults and "
+      f"{r['kernel_s_per_call']:.1f} s of kernel time per call, peak RSS {r['peak_rss_GiB']:.1f} GiB)"
+    )
+    parts.append(
+      f"{program} {base['input']}: glibc's defaults {cell(base)}, freed memory kept {cell(kept)}: "
+      f"{kept['speed_vs_defaults']:.2f}x"
+    )
+  return "; ".join(parts)
 
 
 def fig_depthwise() -> str:
@@ -281,6 +305,19 @@ ROWS = [
     "reference_stage1_cpu.json",
     "",
     fig_reference_stage1,
+  ),
+  (
+    "the same step in a restarted run: mpc-jax's program read from JAX's compilation cache, not compiled "
+    "in the process that runs it",
+    "reference_stage1_cached_cpu.json",
+    "",
+    fig_reference_stage1_cached,
+  ),
+  (
+    "freed memory kept (`mpc_jax/host_memory.py`) or given back by glibc, HRT-base, each in a fresh process",
+    "host_memory_cpu.json",
+    "",
+    fig_host_memory,
   ),
   ("prediction, HRT-base at 512x512, batch 1", "predict.json", "", fig_predict),
   (
