@@ -25,6 +25,7 @@ import platform
 ENV = "MPC_JAX_RETAIN_FREED_MEMORY"
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_OFF, _ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
 _applied: list[bool] = []
 # The same settings for a process not yet started (glibc reads GLIBC_TUNABLES at its start).
 GLIBC_TUNABLES = (
@@ -59,7 +60,9 @@ def retain_freed_memory() -> bool:
   if _applied:
     return _applied[0]
   wanted = os.environ.get(ENV, "").strip().lower()
-  if wanted in ("0", "false", "no", "off"):
+  if wanted not in ("", "auto", *_OFF, *_ON):
+    raise ValueError(f"{ENV}={os.environ[ENV]!r}: use 1 (on), 0 (off) or leave it unset (automatic)")
+  if wanted in _OFF:
     return False
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
@@ -67,7 +70,7 @@ def retain_freed_memory() -> bool:
 
   if xla_bridge.backends_are_initialized():
     return False
-  if wanted not in ("1", "true", "yes", "on") and not _cpu_backend_expected():
+  if wanted not in _ON and not _cpu_backend_expected():
     return False
   libc = ctypes.CDLL(None)
   ok = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))

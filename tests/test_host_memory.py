@@ -76,3 +76,10 @@ def test_not_set_once_jax_has_its_backends():
   jax.devices()
   if not host_memory._applied:  # this process did not set it before JAX started
     assert host_memory.retain_freed_memory() is False
+
+
+def test_a_bad_switch_value_is_an_error_naming_it(monkeypatch):
+  monkeypatch.setattr(host_memory, "_applied", [])
+  monkeypatch.setenv(host_memory.ENV, "maybe")
+  with pytest.raises(ValueError, match="MPC_JAX_RETAIN_FREED_MEMORY='maybe'"):
+    host_memory.retain_freed_memory()
