@@ -36,11 +36,9 @@ def _child(what: str, config: str, size: int, batch: int, repeats: int) -> dict:
 
   compile_cache.enable()
   if what == "stage1":
-    from bench_train import _compile
+    from bench_train import _compile, step_args
 
-    args = argparse.Namespace(
-      config=config, dtype="float32", depthwise="auto", batch=batch, num_samples=5000, stage2_trainable=""
-    )
+    args = step_args(config, batch)
     mesh = distributed.make_mesh(1)
     with jax.set_mesh(mesh):
       compiled, state, arrays, _, _ = _compile(args, "stage1", size, False, mesh)
@@ -81,9 +79,8 @@ def _timed_calls(call, repeats: int, retained: bool) -> dict:
   }
 
 
-def _run_child(what: str, retain: str, args, repeats: int) -> dict:
+def _run_child(what: str, retain: str, args, size: int, repeats: int) -> dict:
   env = {**os.environ, "MPC_JAX_RETAIN_FREED_MEMORY": retain}
-  size = args.size if what == "stage1" else args.forward_size
   cmd = [sys.executable, os.path.abspath(__file__), CHILD, what, args.config, str(size), str(args.batch)]
   proc = subprocess.run(cmd + [str(repeats)], capture_output=True, text=True, env=env)
   if proc.returncode != 0:
@@ -116,11 +113,11 @@ def main(argv=None):
     # A process that compiled a program runs it slower than one that read it from the cache (with the
     # memory kept: 11-13 s against 9-10 s per stage-1 step); so one process compiles first, and both
     # timed processes read the cache.
-    _run_child(what, "1", args, 0)
+    side = args.size if what == "stage1" else args.forward_size
+    _run_child(what, "1", args, side, 0)
     base = None
     for retain, label in (("0", "glibc's defaults"), ("1", "freed memory kept")):
-      got = _run_child(what, retain, args, args.repeats)
-      side = args.size if what == "stage1" else args.forward_size
+      got = _run_child(what, retain, args, side, args.repeats)
       row = {
         "program": "stage-1 step" if what == "stage1" else "forward (eval)",
         "input": f"{args.batch if what == 'stage1' else 1}x{side}x{side}",

@@ -118,20 +118,11 @@ def reference_stage1_step(root: str, size: int, batch: int, repeats: int, env: d
 
 def ours_stage1_step(size: int, batch: int, repeats: int, depthwise: str) -> dict:
   """Our stage-1 step as `bench/bench_train.py` builds it (HRT-base, 5000 sampled pixels per set)."""
-  import argparse as _argparse
-
-  from bench_train import _compile
+  from bench_train import _compile, step_args
 
   from mpc_jax import distributed
 
-  args = _argparse.Namespace(
-    config="hrt_base",
-    dtype="float32",
-    depthwise=depthwise,
-    batch=batch,
-    num_samples=5000,
-    stage2_trainable="",
-  )
+  args = step_args("hrt_base", batch, depthwise)
   mesh = distributed.make_mesh(1)
   t = time.perf_counter()
   with jax.set_mesh(mesh):
@@ -219,7 +210,7 @@ def main(argv=None):
       )
     )
     print(rows[-1], flush=True)
-  ref = rows[0]
+  ref, ref_same_malloc = rows
   for depthwise in args.depthwise.split(","):
     if stage1:
       ours = ours_stage1_step(args.size, args.batch, args.repeats, depthwise)
@@ -231,7 +222,7 @@ def main(argv=None):
     print(rows[-1], flush=True)
   for row in rows:
     row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
-    row["speed_vs_reference_same_malloc"] = rows[1]["median_s"] / row["median_s"]
+    row["speed_vs_reference_same_malloc"] = ref_same_malloc["median_s"] / row["median_s"]
     row["input"] = f"{args.batch if stage1 else 1}x{args.size}x{args.size}"
   platform = jax.devices()[0].platform
   report(

@@ -27,6 +27,14 @@ from mpc_jax.models import count_params  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
 
+def step_args(config: str = "hrt_base", batch: int = 2, depthwise: str = "auto") -> argparse.Namespace:
+  """The arguments `_compile` reads, as this bench's defaults give them (float32, 5000 sampled pixels
+  per set), for other benches that time the same step."""
+  return argparse.Namespace(
+    config=config, dtype="float32", depthwise=depthwise, batch=batch, num_samples=5000, stage2_trainable=""
+  )
+
+
 def _config(args, size, remat):
   c = base_config()
   c.model.hrformer = args.config

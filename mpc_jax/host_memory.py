@@ -8,7 +8,7 @@ faults and 12 s of kernel time per step on a 2-core VM, where the step itself ne
 
 `retain_freed_memory()` tells glibc to serve every thread from its one main heap, never to map blocks
 on their own and never to trim that heap. The process then keeps its peak memory, and later calls
-reuse those pages (`bench/bench_train.py` reports both). It must run before JAX creates its CPU client,
+reuse those pages (`bench/bench_host_memory.py` measures both). It must run before JAX creates its CPU client,
 whose threads pick their arena when they first allocate; `mpc-jax train`, `eval` and `predict` and
 the benchmarks call it first. In a notebook, call it before the first JAX computation.
 
