@@ -40,5 +40,5 @@ setup(
     "test": ["pytest>=8", "pytest-xdist>=3.8", "scikit-learn>=1.4", "ruff>=0.16,<0.17"],
     "torch": ["torch>=2.2"],
   },
-  entry_points={"console_scripts": ["mpc-jax=mpc_jax.main:run"]},
+  entry_points={"console_scripts": ["mpc-jax=mpc_jax.main:main"]},
 )

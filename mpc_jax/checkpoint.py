@@ -137,7 +137,7 @@ def _read_weights(mdir: pathlib.Path, template: dict) -> dict:
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(mdir / "state", jax.tree.map(np.asarray, template))
+      return ckptr.restore(mdir / "state", jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), template))
   if not (mdir / WEIGHTS).is_file():
     raise FileNotFoundError(f"{mdir} holds model_config.json but no {WEIGHTS}: the export is incomplete")
   try:
@@ -165,10 +165,28 @@ def load_model(path, *, dtype="float32"):
   """The model saved at `path` (a model dir or a training workdir), in eval mode."""
   mdir = resolve_model_dir(path)
   cfg = read_model_config(mdir)
-  model = build_mpc(cfg["hrformer_config"], cfg["head"], dtype=dtype, random_init=False)
-  state = nnx.state(model, _SAVED)
-  nnx.replace_by_pure_dict(state, jax.device_put(_read_weights(mdir, nnx.to_pure_dict(state))))
-  nnx.update(model, state)
-  model.eval()
+  graphdef, saved, rest = _eval_skeleton(cfg["hrformer_config"], cfg["head"], dtype)
+  arrays = _named_arrays(_read_weights(mdir, nnx.to_pure_dict(saved)))
+  paths, treedef = jax.tree_util.tree_flatten_with_path(saved)  # each path ends at a Variable's `.value`
+  leaves = [
+    arrays[_path_name(p for p in path if not isinstance(p, jax.tree_util.GetAttrKey))] for path, _ in paths
+  ]
+  model = nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.device_put(leaves)), rest)
   _INFO[model] = dict(cfg.get("training") or {}, path=str(mdir))
   return model
+
+
+def _eval_skeleton(hrformer_config, head: str, dtype) -> tuple:
+  """`(graph definition, saved state with abstract [ShapeDtypeStruct] leaves, other state)` of the
+  eval-mode model of that configuration: built once per machine and kept in the compilation cache
+  (`compile_cache.stored_object`), since building HRT-base's modules takes a second."""
+  from mpc_jax import compile_cache
+
+  def build():
+    model = build_mpc(hrformer_config, head, dtype=dtype, random_init=False)
+    model.eval()
+    graphdef, saved, rest = nnx.split(model, _SAVED, ...)
+    return graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved), rest
+
+  key = json.dumps(["eval-skeleton", hrformer_config, head, str(np.dtype(dtype))], sort_keys=True)
+  return compile_cache.stored_object(key, build)

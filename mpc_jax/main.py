@@ -11,6 +11,7 @@ Every command takes `--help`, `--version` and `--debug`. Errors are one line on 
 for usage errors and 1 for failures; `--debug` shows the traceback instead.
 """
 
+import gc
 import importlib
 import sys
 
@@ -93,7 +94,16 @@ def run(argv=None) -> int:
   return int(code or 0)
 
 
-if __name__ == "__main__":
-  from mpc_jax.main import run as _run  # the package's module, whose UsageError the commands raise
+def main() -> None:
+  """The `mpc-jax` program: `run`, then exit. Every output is written and closed by then, so the
+  interpreter's last garbage collection, which only walks the objects JAX and flax made (0.3 s), is
+  skipped (`gc.freeze`); atexit handlers and the flushing of stdout and stderr still run."""
+  code = run()
+  gc.freeze()
+  sys.exit(code)
 
-  sys.exit(_run())
+
+if __name__ == "__main__":
+  from mpc_jax.main import main as _main  # the package's module, whose UsageError the commands raise
+
+  _main()

@@ -131,10 +131,8 @@ def _piecewise_forward(model) -> Callable:
   from flax import nnx
 
   copy = nnx.merge(*nnx.split(model))
-  copy.eval()
-  copy.set_attributes(pieces=True, raise_if_not_found=False)
   # Drop path is off in eval mode; one rate everywhere makes the repeated modules identical.
-  copy.set_attributes(rate=0.0, raise_if_not_found=False)
+  copy.eval(pieces=True, rate=0.0)
   return lambda x: _probabilities(copy, x)
 
 

@@ -109,6 +109,22 @@ def ws(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------ help, version
+def test_the_program_exits_with_the_commands_status(monkeypatch):
+  """`mpc-jax` (`main.main`) exits with what the command returned, with the objects made so far frozen
+  out of the interpreter's last garbage collection."""
+  import gc
+
+  from mpc_jax import main as entry
+
+  monkeypatch.setattr(entry, "run", lambda: 3)
+  try:
+    with pytest.raises(SystemExit) as stop:
+      entry.main()
+    assert stop.value.code == 3 and gc.get_freeze_count() > 0
+  finally:
+    gc.unfreeze()
+
+
 def test_help_and_version_everywhere(tmp_path):
   assert cli(tmp_path, "--version").stdout.strip() == f"mpc-jax {VERSION}"
   for cmd in ("train", "predict"):

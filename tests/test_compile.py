@@ -83,9 +83,15 @@ def test_compilation_cache_directory_choice(tmp_path, monkeypatch):
 
 def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeypatch):
   """A program stored under a key runs in a later process (a new jitted function here) without
-  tracing; another key, other argument types, another build of mpc_jax, other XLA flags or a damaged
-  file trace it again, and no key or no cache leave the jitted function as it is."""
+  tracing, lowering or compiling; another key, other argument types, another build of mpc_jax, other
+  XLA flags, another CPU or a damaged file trace it again, and no key or no cache leave the jitted
+  function as it is."""
+  from jax._src import monitoring
+
   traces = []
+  events = []
+  listener = lambda event, secs, **kw: events.append(event)
+  monitoring.register_event_duration_secs_listener(listener)
 
   def fresh():  # a new function each time: jax's in-memory caches cannot answer for it
     def f(w, x):
@@ -97,31 +103,97 @@ def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeyp
   w, x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), jnp.arange(6.0).reshape(2, 3)
   want = lambda w, x: np.tanh(np.asarray(x, np.float64) @ np.asarray(w, np.float64)) * 2.0
   run = lambda key, *args: np.asarray(compile_cache.stored_program(fresh(), key, *args)(*args))
-
-  np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
-  assert len(traces) == 1 and len(list(programs_cache.glob("*.bin"))) == 1
-  np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
-  assert len(traces) == 1  # loaded, not traced
+  stored = lambda: list(programs_cache.glob("*.exe"))
+  try:
+    np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
+    assert len(traces) == 1 and len(stored()) == 1
+    events.clear()
+    np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
+    assert len(traces) == 1  # loaded, not traced
+    assert not [e for e in events if e.endswith(("to_mlir_module_duration", "backend_compile_duration"))], (
+      events
+    )
+    np.testing.assert_allclose(run("k", w, np.asarray(x)), want(w, x), rtol=1e-6)  # numpy arguments too
+    assert len(traces) == 1
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
   run("k2", w, x)
   x3 = jnp.ones((5, 3))
   np.testing.assert_allclose(run("k", w, x3), want(w, x3), rtol=1e-6)
-  assert len(traces) == 3 and len(list(programs_cache.glob("*.bin"))) == 3
+  assert len(traces) == 3 and len(stored()) == 3
   with monkeypatch.context() as m:
     m.setattr(compile_cache, "_SOURCE", ["another build of mpc_jax"])
     run("k", w, x)
   with monkeypatch.context() as m:
     m.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
     run("k", w, x)
-  assert len(traces) == 5
+  with monkeypatch.context() as m:
+    m.setattr(compile_cache, "_cpu_features", lambda: "flags : fpu sse2")
+    run("k", w, x)
+  assert len(traces) == 6
 
-  for path in programs_cache.glob("*.bin"):
+  for path in stored():
     path.write_bytes(path.read_bytes()[:40])
   np.testing.assert_allclose(run("k", w, x), want(w, x), rtol=1e-6)
-  assert len(traces) == 6
+  assert len(traces) == 7
   run("k", w, x)
-  assert len(traces) == 6  # the damaged file was replaced
+  assert len(traces) == 7  # the damaged file was replaced
 
   jitted = fresh()
   assert compile_cache.stored_program(jitted, None, w, x) is jitted
   jax.config.update("jax_enable_compilation_cache", False)
   assert compile_cache.stored_program(jitted, "k", w, x) is jitted
+
+
+def test_stored_program_is_compiled_afresh_when_jax_cache_holds_it(programs_cache):
+  """A program whose XLA compile JAX's persistent cache already holds is stored all the same, and the
+  stored program runs in a later process: XLA:CPU writes an executable it read from JAX's cache
+  without its kernels ("Function ... not found"), so the stored one must be compiled here."""
+  min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  hits = []
+  listener = lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None
+
+  def fresh():
+    return jax.jit(lambda x: jax.lax.rsqrt(x + 1.0) * jnp.sin(x))
+
+  x = jnp.linspace(0.0, 3.0, 1000)
+  want = np.sin(np.asarray(x, np.float64)) / np.sqrt(np.asarray(x, np.float64) + 1.0)
+  try:
+    fresh()(x)  # written to JAX's cache
+    jax.monitoring.register_event_listener(listener)
+    fresh().lower(x).compile()
+    assert hits, "JAX's cache did not serve the program: the test's premise does not hold"
+    compile_cache.stored_program(fresh(), "rsqrt", x)
+    assert len(list(programs_cache.glob("*.exe"))) == 1
+    jax.jit(lambda x: x * 7.0)(x)  # JAX's cache in use again
+    compile_cache.stored_program(
+      fresh(), "rsqrt under another key", x
+    )  # JAX's cache is not read for it either
+    assert len(list(programs_cache.glob("*.exe"))) == 2
+    hits.clear()
+    loaded = compile_cache.stored_program(fresh(), "rsqrt", x)
+    assert isinstance(loaded, jax.stages.Compiled) and not hits
+    np.testing.assert_allclose(np.asarray(loaded(x)), want, rtol=1e-5)
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+
+
+def test_stored_object_is_made_once_per_key(programs_cache):
+  """`stored_object` makes its object once for a key and unpickles it later; a damaged file is made
+  again, and with the cache off every call makes it."""
+  made = []
+  make = lambda: made.append(1) or {"graph": [1, 2, 3]}
+  assert compile_cache.stored_object("k", make) == {"graph": [1, 2, 3]}
+  assert compile_cache.stored_object("k", make) == {"graph": [1, 2, 3]} and len(made) == 1
+  compile_cache.stored_object("k2", make)
+  assert len(made) == 2
+  for f in programs_cache.glob("*.pkl"):
+    f.write_bytes(f.read_bytes()[:5])
+  assert compile_cache.stored_object("k", make) == {"graph": [1, 2, 3]} and len(made) == 3
+  compile_cache.stored_object("k", make)
+  assert len(made) == 3
+  jax.config.update("jax_enable_compilation_cache", False)
+  compile_cache.stored_object("k", make)
+  assert len(made) == 4

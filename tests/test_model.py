@@ -126,6 +126,41 @@ def test_save_and_load_model_gives_an_identical_model(tmp_path):
       np.testing.assert_array_equal(np.asarray(b[...]), np.asarray(a[...]), err_msg=str(path), strict=True)
 
 
+def test_a_loaded_model_is_built_once_per_machine(tmp_path, programs_cache, monkeypatch):
+  """`load_model` keeps the eval-mode model's structure in the compilation cache: a later load (of any
+  folder holding that configuration) builds no modules and gives the saved model all the same, with
+  arrays of its own; a damaged file is built again."""
+  from mpc_jax import checkpoint
+
+  model = build_mpc(MICRO, seed=5)
+  model.eval()
+  save_model(model, tmp_path / "m")
+  first = load_model(tmp_path / "m")
+  assert len(list(programs_cache.glob("*.pkl"))) == 1
+  built = []
+  build = checkpoint.build_mpc
+  monkeypatch.setattr(checkpoint, "build_mpc", lambda *a, **k: built.append(a) or build(*a, **k))
+  (graph, arrays) = nnx.split(model)
+  want = [np.asarray(v[...]) for _, v in nnx.to_flat_state(arrays) if type(v) is not nnx.RngKey]
+  for damaged in (False, True):
+    if damaged:
+      for f in programs_cache.glob("*.pkl"):
+        f.write_bytes(f.read_bytes()[:100])
+    again = load_model(tmp_path / "m")
+    assert len(built) == damaged
+    graph_again, arrays_again = nnx.split(again)
+    assert graph_again == graph
+    got = [np.asarray(v[...]) for _, v in nnx.to_flat_state(arrays_again) if type(v) is not nnx.RngKey]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(a, b, strict=True)
+  bias = first.head.classifier[-1].bias
+  bias.set_value(bias[...] + 1.0)
+  assert not np.array_equal(np.asarray(bias[...]), np.asarray(again.head.classifier[-1].bias[...]))
+  save_model(build_mpc(MICRO, head="casiav2", seed=5), tmp_path / "other")  # another configuration
+  assert load_model(tmp_path / "other").head.variant == "casiav2"
+
+
 def test_build_without_random_weights_has_the_same_structure():
   """`random_init=False` (what loading uses) gives the same graph and shapes, and draws nothing: every
   weight is a constant (zeros where a random draw would be, the norms' ones)."""
@@ -347,7 +382,7 @@ def test_programs_are_stored_and_a_later_process_runs_them_without_tracing(
       got = Predictor(model, batch_size=1, programs=programs)(images)
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
       if attempt == 0:
-        assert traced.count("run") == len(pieces._PROGRAMS) == len(list(programs_cache.glob("*.bin")))
+        assert traced.count("run") == len(pieces._PROGRAMS) == len(list(programs_cache.glob("*.exe")))
         assert len(pieces._PROGRAMS) > (5 if programs == "pieces" else 0)
     assert traced.count("run") == 0, traced
   finally:

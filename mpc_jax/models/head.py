@@ -13,7 +13,7 @@ HEAD_WIDTHS = {
 }
 
 
-class LocalizationHead(nnx.Module):
+class LocalizationHead(nnx.Module, pytree=False):
   """`[B, h, w, 1024] -> [B, h, w, 1]` logits; layer indices match the reference's `classifier`."""
 
   def __init__(self, variant: str = "catnet", *, init: Init, dtype=jnp.float32):

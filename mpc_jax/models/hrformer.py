@@ -129,7 +129,7 @@ def _conv_bn(cin, cout, k, init, dtype, stride=1, pad=0, groups=1, relu=True, ep
   return nnx.List(layers)
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(nnx.Module, pytree=False):
   """ResNet bottleneck (1x1, 3x3, 1x1 x4) with an optional 1x1 projection shortcut."""
 
   def __init__(self, cin, planes, *, init, dtype):
@@ -166,7 +166,7 @@ def _projections(x, linears):
   return jnp.split(y, len(linears), axis=-1)
 
 
-class WindowAttention(nnx.Module):
+class WindowAttention(nnx.Module, pytree=False):
   """Multi-head self-attention inside `window x window` tokens with a relative position bias.
 
   Called on `[N, window*window, C]` (one row per window); q is scaled after its bias.
@@ -193,7 +193,7 @@ class WindowAttention(nnx.Module):
     return self.out_proj(out)
 
 
-class WindowAttentionBlock(nnx.Module):
+class WindowAttentionBlock(nnx.Module, pytree=False):
   """Pads `[B, H, W, C]` (centred, zeros) to the window grid, attends per window, crops back.
 
   The padded zeros take part in attention unmasked, exactly as the reference.
@@ -215,7 +215,7 @@ class WindowAttentionBlock(nnx.Module):
     return out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
 
 
-class MlpDWBN(nnx.Module):
+class MlpDWBN(nnx.Module, pytree=False):
   """1x1 conv, BN, GELU, depth-wise 3x3, BN, GELU, 1x1 conv, BN, GELU."""
 
   def __init__(self, dim, hidden, out, *, init, dtype):
@@ -232,7 +232,7 @@ class MlpDWBN(nnx.Module):
     return gelu(self.norm3(self.fc2(x)))
 
 
-class TransformerBlock(nnx.Module):
+class TransformerBlock(nnx.Module, pytree=False):
   """`x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))` on `[B, H, W, C]`."""
 
   def __init__(self, dim, num_heads, window, mlp_ratio, drop_path, *, init, dtype):
@@ -247,7 +247,7 @@ class TransformerBlock(nnx.Module):
     return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class HRModule(nnx.Module):
+class HRModule(nnx.Module, pytree=False):
   """Parallel branches of transformer blocks, then every branch fuses all the others."""
 
   def __init__(self, stage_cfg, drop_paths, *, init, dtype):
@@ -352,7 +352,7 @@ class _Config(dict):
     return hash(json.dumps(self, sort_keys=True))
 
 
-class HRFormer(nnx.Module):
+class HRFormer(nnx.Module, pytree=False):
   """The backbone: stem (two stride-2 3x3 convs), stage 1 bottlenecks, stages 2-4, 1x1 heads.
 
   `__call__(images [B, H, W, 3]) -> [4 x [B, h_s, w_s, 256]]`, before any L2 normalisation.

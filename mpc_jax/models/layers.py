@@ -157,7 +157,7 @@ def use_shifted_depthwise(depthwise: str) -> bool:
   return depthwise == "shift" or (depthwise == "auto" and jax.default_backend() == "cpu")
 
 
-class Conv(nnx.Module):
+class Conv(nnx.Module, pytree=False):
   """2D convolution `[B, H, W, cin] -> [B, H', W', cout]` with PyTorch's padding arithmetic.
 
   `kernel` is `[kh, kw, cin / groups, cout]` (float32, PyTorch's default init: uniform in
@@ -200,7 +200,7 @@ def conv(cin, cout, kernel, *, init, stride=1, padding=0, groups=1, bias=True, d
   )
 
 
-class Linear(nnx.Module):
+class Linear(nnx.Module, pytree=False):
   """`[..., cin] -> [..., cout]`; `kernel` is `[cin, cout]` (truncated normal, std 0.02)."""
 
   def __init__(self, cin, cout, *, init, dtype=jnp.float32):
@@ -268,7 +268,7 @@ def _normalize_bwd(eps, res, dy):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
-class BatchNorm(nnx.Module):
+class BatchNorm(nnx.Module, pytree=False):
   """BatchNorm over `[..., C]` exactly as `torch.nn.BatchNorm2d`.
 
   Training mode normalises with the (global) batch's biased variance and updates the running
@@ -317,7 +317,7 @@ class BatchNorm(nnx.Module):
     return y.reshape(x.shape).astype(dtype)
 
 
-class LayerNorm(nnx.Module):
+class LayerNorm(nnx.Module, pytree=False):
   """LayerNorm over the last axis, as `torch.nn.LayerNorm` (computed in float32)."""
 
   def __init__(self, num_features: int, *, eps: float = 1e-6):
@@ -339,7 +339,7 @@ def gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(math.sqrt(0.5))))
 
 
-class Act(nnx.Module):
+class Act(nnx.Module, pytree=False):
   """A stateless activation: 'relu' or 'gelu' (`gelu`)."""
 
   def __init__(self, kind: str = "relu"):
@@ -351,14 +351,14 @@ class Act(nnx.Module):
     return gelu(x)
 
 
-class Identity(nnx.Module):
+class Identity(nnx.Module, pytree=False):
   """Holds the place of a `None` or `nn.Identity` entry of the reference."""
 
   def __call__(self, x):
     return x
 
 
-class UpsampleNearest(nnx.Module):
+class UpsampleNearest(nnx.Module, pytree=False):
   """`nn.Upsample(scale_factor=s, mode='nearest')`: `[B, H, W, C] -> [B, sH, sW, C]`."""
 
   def __init__(self, scale: int):
@@ -384,7 +384,7 @@ def _next_key(stream):
   return key
 
 
-class DropPath(nnx.Module):
+class DropPath(nnx.Module, pytree=False):
   """Stochastic depth per sample: `x / keep * floor(keep + U[0, 1))`, as timm's `drop_path`.
 
   Active when `deterministic` is False (`model.train()`); its randomness comes from the

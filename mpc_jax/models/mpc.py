@@ -17,7 +17,7 @@ def fuse(features):
   return jnp.concatenate([resize_bilinear_align_corners(f, size) for f in features], axis=-1)
 
 
-class MPC(nnx.Module):
+class MPC(nnx.Module, pytree=False):
   """`features(images)` gives the backbone's four maps; `__call__(images)` the 1/4-res logits.
 
   `images`: float32 `[B, H, W, 3]`, RGB in [0, 1] (no mean/std), any H and W. `backbone`, when

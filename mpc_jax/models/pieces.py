@@ -3,8 +3,8 @@
 HRT-base repeats identical modules (four HRModules in stage 3, two in stage 4). Jitted whole, XLA
 traces and compiles every copy; called piece by piece, modules of one structure share one traced
 and compiled program (keyed by their graph definition and input types), so a new input size
-compiles several times faster. The lowered pieces are kept beside JAX's persistent cache
-(`compile_cache.stored_program`), so a later process runs them without tracing the model.
+compiles several times faster. The compiled pieces are kept beside JAX's persistent cache
+(`compile_cache.stored_program`), so a later process loads them without tracing the model.
 The values are the same as the whole program's, which `program` also serves (the Predictor's whole
 forward).
 """
@@ -43,7 +43,7 @@ def _stored_key(graphdef, treedef, fn) -> str | None:
   if not fn.__module__.startswith("mpc_jax.") or "<locals>" in fn.__qualname__ or fn.__closure__:
     return None
   classes = [node.type for node in graphdef.nodes if hasattr(node, "type")]  # NodeRefs name earlier nodes
-  if not all(c.__module__.startswith(("mpc_jax.", "flax.")) for c in classes):
+  if not all(c.__module__ == "builtins" or c.__module__.startswith(("mpc_jax.", "flax.")) for c in classes):
     return None
   try:  # classes by name, static attributes by value; 3x faster than repr
     described = hashlib.sha256(pickle.dumps(graphdef, protocol=5)).hexdigest()
