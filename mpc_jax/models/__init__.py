@@ -1,7 +1,7 @@
 """HRFormer backbone, localization head and the MPC model.
 
 The modules are nnx graph nodes, not JAX pytrees (`pytree=False`): nnx then skips its check of every
-attribute set, which took a third of the time to build HRT-base, and the transforms used here
+attribute set, a third of what loading HRT-base took (1.9 s to 1.2 s), and the transforms used here
 (`nnx.split`/`merge`, `nnx.jit`) work on graph nodes alike.
 """
 
