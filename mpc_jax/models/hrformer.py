@@ -298,20 +298,23 @@ class HRModule(nnx.Module, pytree=False):
 
   def __call__(self, xs):
     xs = [run_sequence(branch, x) for branch, x in zip(self.branches, xs)]
-    if len(xs) == 1:
-      return xs
-    out = []
-    for i, row in enumerate(self.fuse_layers):
-      y = xs[0] if i == 0 else _apply_fuse(row[0], xs[0])
-      for j in range(1, len(xs)):
-        if j == i:
-          y = y + xs[j]
-        elif j > i:
-          y = y + resize_bilinear_align_corners(run_sequence(row[j], xs[j]), xs[i].shape[1:3])
-        else:
-          y = y + _apply_fuse(row[j], xs[j])
-      out.append(jax.nn.relu(y))
-    return out
+    return fuse_branches(self.fuse_layers, xs) if len(xs) > 1 else xs
+
+
+def fuse_branches(fuse_layers, xs):
+  """An HRModule's exchange: branch `i`'s output is the ReLU of the sum of every branch resized to it."""
+  out = []
+  for i, row in enumerate(fuse_layers):
+    y = xs[0] if i == 0 else _apply_fuse(row[0], xs[0])
+    for j in range(1, len(xs)):
+      if j == i:
+        y = y + xs[j]
+      elif j > i:
+        y = y + resize_bilinear_align_corners(run_sequence(row[j], xs[j]), xs[i].shape[1:3])
+      else:
+        y = y + _apply_fuse(row[j], xs[j])
+    out.append(jax.nn.relu(y))
+  return out
 
 
 def _apply_fuse(steps, x):
@@ -437,7 +440,11 @@ class HRFormer(nnx.Module, pytree=False):
         x = ys[min(i, len(ys) - 1)]  # a new branch starts from the lowest-resolution one
         xs.append(x if isinstance(t, Identity) else run(_run_transition, t, x))
       for module in stage:
-        xs = run(apply, module, xs)
+        if run is call_piece:  # branch by branch: branch i is the same program in every stage
+          xs = [run(run_sequence, branch, x) for branch, x in zip(module.branches, xs)]
+          xs = run(fuse_branches, module.fuse_layers, xs) if len(xs) > 1 else xs
+        else:
+          xs = run(apply, module, xs)
       ys = xs
     return run(_out_convs, self.convs, ys)
 
