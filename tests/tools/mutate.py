@@ -589,6 +589,14 @@ MUTANTS = (
     ("tests/test_cli.py::test_the_program_exits_with_the_commands_status",),
   ),
   M(
+    "pieces-whole-modules",
+    "the piecewise forward runs each HRModule as one piece, so the branches stages 2-4 share are compiled per stage",
+    "mpc_jax/models/hrformer.py",
+    "        if run is call_piece:",
+    "        if False:",
+    ("tests/test_model.py::test_pieces_forward_matches_whole_and_shares_programs",),
+  ),
+  M(
     "pieces-not-stored",
     "the forward's pieces are never stored, so every process traces them again",
     "mpc_jax/models/pieces.py",
