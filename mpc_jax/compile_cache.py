@@ -15,6 +15,7 @@ directory, so a later process runs them without tracing, lowering or compiling t
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pathlib
@@ -87,6 +88,7 @@ def _fingerprint() -> str:
   )
 
 
+@functools.cache
 def _cpu_features() -> str:
   """The host CPU's model and instruction-set flags (Linux; empty elsewhere): a compiled CPU program
   holds machine code for them, so a cache shared by unlike machines must not hand it across."""
@@ -119,7 +121,7 @@ def stored_program(jitted, key: str | None, *args):
     return jitted
   leaves, treedef = jax.tree.flatten(args)
   types = f"{treedef}|{','.join(str(jax.typeof(x)) for x in leaves)}"
-  path = directory / (hashlib.sha256(f"{_fingerprint()}|{key}|{types}".encode()).hexdigest() + ".exe")
+  path = _stored_path(directory, f"{key}|{types}", ".exe")
   from jax.experimental import serialize_executable
 
   try:
@@ -148,7 +150,7 @@ def stored_object(key: str, make: Callable[[], object]):
   directory = programs_dir()
   if directory is None:
     return make()
-  path = directory / (hashlib.sha256(f"{_fingerprint()}|{key}".encode()).hexdigest() + ".pkl")
+  path = _stored_path(directory, key, ".pkl")
   try:
     return pickle.loads(path.read_bytes())
   except Exception:  # noqa: BLE001 - missing, truncated or foreign: made again below
@@ -160,6 +162,11 @@ def stored_object(key: str, make: Callable[[], object]):
     return made
   _write(path, data)
   return made
+
+
+def _stored_path(directory: pathlib.Path, key: str, suffix: str) -> pathlib.Path:
+  """The file in `directory` for `key` on this build, machine and configuration (`_fingerprint`)."""
+  return directory / (hashlib.sha256(f"{_fingerprint()}|{key}".encode()).hexdigest() + suffix)
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:

@@ -618,7 +618,7 @@ def add_predict_args(p: argparse.ArgumentParser, defaults: PredictConfig, *alias
     "--programs",
     choices=PROGRAMS,
     default=defaults.programs,
-    help=f"compile the model whole (fastest per image) or in pieces (compiles several times faster); "
+    help=f"compile the model whole (fastest per image) or in pieces (less to compile); "
     f"auto: pieces for at most {PIECES_UP_TO} images (default {defaults.programs})",
   )
 

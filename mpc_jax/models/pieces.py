@@ -1,10 +1,11 @@
 """An eval-mode forward run as separately compiled pieces: one XLA program per distinct piece.
 
-HRT-base repeats identical modules (four HRModules in stage 3, two in stage 4) and its stages share
-branches (branch i has the same blocks in stages 2-4). Jitted whole, XLA traces and compiles every
-copy; called piece by piece (HRModules branch by branch, then their exchange), pieces of one
-structure share one traced and compiled program (keyed by their graph definition and input types),
-so a new input size compiles several times faster. The compiled pieces are kept beside JAX's persistent cache
+HRT-base repeats identical modules (four HRModules in stage 3, two in stage 4), and stage 4's first
+three branches hold the same blocks as stage 3's (stage 2's differ: their first blocks have no drop
+path). Jitted whole, XLA traces and compiles every copy; called piece by piece (HRModules branch by
+branch, then their exchange), pieces of one structure share one traced and compiled program (keyed by
+their graph definition and input types): HRT-base at 512 px needs 7.9 s of XLA compile instead of
+11.5 s on 2 CPU cores. The compiled pieces are kept beside JAX's persistent cache
 (`compile_cache.stored_program`), so a later process loads them without tracing the model.
 The values are the same as the whole program's, which `program` also serves (the Predictor's whole
 forward).
