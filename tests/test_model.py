@@ -328,7 +328,8 @@ def test_transformer_block_layernorms_match_torch_semantics_at_small_variance():
 def test_pieces_forward_matches_whole_and_shares_programs(monkeypatch):
   """Run piece by piece (what the Predictor's 'pieces' does), the model gives the whole program's
   logits; the two stage-3 modules (same structure, different drop-path rates) share their four pieces
-  (three branches, the exchange), and stage 4's first three branches share stage 3's programs."""
+  (three branches, the exchange), and the branches of stage 2 (whose first blocks have no drop path)
+  and stage 4's first three branches share stage 3's programs."""
   from mpc_jax.models import pieces
   from mpc_jax.predict import _piecewise_forward
 
@@ -350,8 +351,30 @@ def test_pieces_forward_matches_whole_and_shares_programs(monkeypatch):
   assert (
     len(stage3) == 2 and stage3[0].branches[0][0].drop_path.rate != stage3[1].branches[0][0].drop_path.rate
   )
-  assert len(calls) > 10 and len(pieces._PROGRAMS) == len(calls) - 4 - 3
+  assert isinstance(model.backbone.stage2[0].branches[0][0].drop_path, layers.Identity)
+  assert len(calls) > 10 and len(pieces._PROGRAMS) == len(calls) - 4 - 3 - 2
   assert not model.pieces and not model.backbone.pieces  # the caller's model is left as it was
+
+
+def test_pieces_compile_with_the_quick_options_and_the_whole_forward_without(monkeypatch):
+  """On the CPU the pieces are compiled with `QUICK_CPU_OPTIONS` and the whole forward with XLA's
+  defaults: an option XLA does not know fails the pieces only."""
+  from mpc_jax.models import pieces
+  from mpc_jax.predict import Predictor
+
+  assert jax.default_backend() == "cpu"
+  model = build_mpc(MICRO, seed=3)
+  images = np.asarray(jax.random.uniform(jax.random.key(4), (1, *ODD_HW, 3)))
+  monkeypatch.setattr(pieces, "QUICK_CPU_OPTIONS", {"xla_no_such_option_for_the_test": 1})
+  for programs in ("whole", "pieces"):
+    monkeypatch.setattr(pieces, "_PROGRAMS", {})
+    monkeypatch.setattr(pieces, "_SPLITS", {})
+    predictor = Predictor(model, batch_size=1, programs=programs)
+    if programs == "whole":
+      assert predictor(images).shape[0] == 1
+    else:
+      with pytest.raises(Exception, match="xla_no_such_option_for_the_test"):
+        predictor(images)
 
 
 @pytest.mark.parametrize("programs", ["pieces", "whole"])
