@@ -4,12 +4,14 @@ XLA:CPU allocates a program's temporaries with malloc when it is called (about 9
 2x256 stage-1 step) and frees them when it returns. glibc gives such blocks back to the kernel (blocks
 over 32 MB are mapped and unmapped one by one, and XLA's worker threads allocate from per-thread
 arenas that cannot keep blocks over 64 MB), so every call touches fresh pages again: 2 million page
-faults and 12 s of kernel time per step on a 2-core VM, where the step itself needs about 9 s.
+faults per step, which make it 1.3-2x slower on 2-core VMs (`bench/bench_host_memory.py`).
 
 `retain_freed_memory()` tells glibc to serve every thread from its one main heap, never to map blocks
 on their own and never to trim that heap. The process then keeps its peak memory, and later calls
-reuse those pages (`bench/bench_host_memory.py` measures both). It must run before JAX creates its CPU client,
-whose threads pick their arena when they first allocate; `mpc-jax train`, `eval` and `predict` and
+reuse those pages (`bench/bench_host_memory.py` measures both). The one arena costs elsewhere: threads
+contend for it, so XLA's compile of the stage-1 step took 115 s against 80 s, and that step, run by
+the process that compiled it, took 8.2 s against 5.8 s read from JAX's cache (the README's stage-1
+rows). It must run before JAX creates its CPU client, whose threads pick their arena when they first allocate; `mpc-jax train`, `eval` and `predict` and
 the benchmarks call it first. In a notebook, call it before the first JAX computation.
 
 `MPC_JAX_RETAIN_FREED_MEMORY=0` turns it off, `=1` turns it on where an accelerator plugin is installed.
