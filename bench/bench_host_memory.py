@@ -8,7 +8,8 @@ Each (program, setting) runs in a new process with `MPC_JAX_RETAIN_FREED_MEMORY=
 or `=1` (what `mpc-jax train/eval/predict` set on the CPU): build, compile (read from JAX's persistent
 cache, which one more process fills first, so both settings run the same kind of process: a restarted
 run), one warm-up call, then `--repeats` timed calls, each with its minor page faults and kernel CPU
-seconds (`getrusage`). The process's peak RSS is read at its end. Writes bench/results/NAME.json (default `host_memory_PLATFORM`).
+seconds (`getrusage`). The process's peak RSS is read at its end. Writes bench/results/NAME.json
+(default `host_memory_PLATFORM`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ on their own and never to trim that heap. The process then keeps its peak memory
 reuse those pages (`bench/bench_host_memory.py` measures both). The one arena costs elsewhere: threads
 contend for it, so XLA's compile of the stage-1 step took 115 s against 80 s, and that step, run by
 the process that compiled it, took 8.2 s against 5.8 s read from JAX's cache (the README's stage-1
-rows). It must run before JAX creates its CPU client, whose threads pick their arena when they first allocate; `mpc-jax train`, `eval` and `predict` and
-the benchmarks call it first. In a notebook, call it before the first JAX computation.
+rows). It must run before JAX creates its CPU client, whose threads pick their arena when they first
+allocate; `mpc-jax train`, `eval` and `predict` and the benchmarks call it first. In a notebook, call
+it before the first JAX computation.
 
 `MPC_JAX_RETAIN_FREED_MEMORY=0` turns it off, `=1` turns it on where an accelerator plugin is installed.
 """
