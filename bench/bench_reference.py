@@ -7,7 +7,8 @@
 PATH/TO/MPC is a checkout of github.com/multimediaFor/MPC. `--what forward` runs its stage-2 model beside
 ours (`reference_forward`): random weights, eval mode, float32, batch 1. `--what stage1` runs its
 stage-1 training step beside ours (`reference_stage1_step`): two train-mode passes, the supervised
-InfoNCE loss, AdamW. Both sides report build, first call and median of `--repeats` calls, mpc-jax also
+InfoNCE loss, AdamW. On a GPU the reference runs on CUDA (its float32 defaults), beside ours on the
+same GPU. Both sides report build, first call and median of `--repeats` calls, mpc-jax also
 lower and compile. Writes bench/results/NAME.json (default `reference_PLATFORM`, or
 `reference_stage1_PLATFORM`).
 """
@@ -54,18 +55,19 @@ REFERENCE_SCRIPT = (
   REFERENCE_STUBS
   + r"""
 import json, statistics, time
-root, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root, size, repeats, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 sys.path.insert(0, root + "/CATNet_dataset_train/stage2")
 t0 = time.perf_counter()
 from model import MyModel
-model = MyModel().eval()
+model = MyModel().eval().to(device)
 build = time.perf_counter() - t0
-x = torch.rand(1, 3, size, size)
+x = torch.rand(1, 3, size, size, device=device)
 with torch.no_grad():
-  t0 = time.perf_counter(); model(x); first = time.perf_counter() - t0
+  t0 = time.perf_counter(); model(x); sync(); first = time.perf_counter() - t0
   times = []
   for _ in range(repeats):
-    t0 = time.perf_counter(); model(x); times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); model(x); sync(); times.append(time.perf_counter() - t0)
 print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.median(times),
                       min_s=min(times), torch=torch.__version__, threads=torch.get_num_threads())))
 """
@@ -77,18 +79,18 @@ REFERENCE_STAGE1_SCRIPT = (
   + r"""
 import json, statistics, time
 import torch.nn.functional as F
-root, size, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+root, size, batch, repeats, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 sys.path.insert(0, root + "/CATNet_dataset_train/stage1")
 t0 = time.perf_counter()
 from HRFormer.hrt_backbone import HighResolutionTransformer
 from HRFormer.hrt_config import MODEL_CONFIGS
 from losses import MyLoss
 torch.manual_seed(0)
-net = HighResolutionTransformer(MODEL_CONFIGS["hrt_base"]).train()
+net = HighResolutionTransformer(MODEL_CONFIGS["hrt_base"]).train().to(device)
 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 build = time.perf_counter() - t0
-x = torch.rand(batch, 3, size, size)
-gt = torch.zeros(batch, size // 4, size // 4)
+x = torch.rand(batch, 3, size, size, device=device)
+gt = torch.zeros(batch, size // 4, size // 4, device=device)
 gt[:, : size // 8] = 1.0  # top half forged, as bench_train's batch
 
 def step():  # stage1/train.py's MPC.process(isTrain=True)
@@ -110,10 +112,12 @@ print(json.dumps(dict(build_s=build, first_call_s=first, median_s=statistics.med
 )
 
 
-def reference_stage1_step(root: str, size: int, batch: int, repeats: int, env: dict | None = None) -> dict:
+def reference_stage1_step(
+  root: str, size: int, batch: int, repeats: int, env: dict | None = None, device: str = "cpu"
+) -> dict:
   """Times the reference's stage-1 step (its `stage1/` HRFormer-base, two passes, `losses.MyLoss` per
   image with 5000 sampled pixels per set, AdamW) in a subprocess, as `reference_forward`."""
-  return _run_reference(REFERENCE_STAGE1_SCRIPT, root, size, batch, repeats, env=env)
+  return _run_reference(REFERENCE_STAGE1_SCRIPT, root, size, batch, repeats, device, env=env)
 
 
 def ours_stage1_step(size: int, batch: int, repeats: int, depthwise: str) -> dict:
@@ -144,11 +148,14 @@ def _run_reference(script: str, *argv, env: dict | None = None) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def reference_forward(root: str, size: int, repeats: int, env: dict | None = None) -> dict:
+def reference_forward(
+  root: str, size: int, repeats: int, env: dict | None = None, device: str = "cpu"
+) -> dict:
   """Times the reference's stage-2 model (`CATNet_dataset_train/stage2/model.py`, HRFormer-base + head,
   `no_grad`) in a subprocess with the `torch`, `yacs` and `einops` of this Python (`pip install torch yacs
-  einops`); timm is given the two helpers the reference imports from it when it is not installed."""
-  return _run_reference(REFERENCE_SCRIPT, root, size, repeats, env=env)
+  einops`); timm is given the two helpers the reference imports from it when it is not installed.
+  `device`: torch's, `cpu` or `cuda` (timed to the end of its kernels)."""
+  return _run_reference(REFERENCE_SCRIPT, root, size, repeats, device, env=env)
 
 
 def ours_forward(size: int, repeats: int, depthwise: str) -> dict:
@@ -192,17 +199,19 @@ def main(argv=None):
       "(no CATNet_dataset_train/stage2/model.py)"
     )
   stage1 = args.what == "stage1"
+  platform = jax.devices()[0].platform
+  device = "cuda" if platform == "gpu" else "cpu"
   rows = []
-  # The reference as published, then with glibc's malloc set as mpc-jax sets it for itself
+  # The reference as published, then (on the CPU) with glibc's malloc set as mpc-jax sets it for itself
   # (`mpc_jax.host_memory`), so that the comparison shows what that setting alone gives either side.
-  for malloc, env in (
-    ("", None),
-    (", malloc as mpc-jax sets it", {"GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES}),
-  ):
+  mallocs = [("", None)]
+  if device == "cpu":
+    mallocs.append((", malloc as mpc-jax sets it", {"GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES}))
+  for malloc, env in mallocs:
     if stage1:
-      got = reference_stage1_step(args.reference, args.size, args.batch, args.repeats, env)
+      got = reference_stage1_step(args.reference, args.size, args.batch, args.repeats, env, device)
     else:
-      got = reference_forward(args.reference, args.size, args.repeats, env)
+      got = reference_forward(args.reference, args.size, args.repeats, env, device)
     rows.append(
       dict(
         impl=f"reference (torch {got['torch']}, {got['threads']} threads{malloc})",
@@ -210,21 +219,22 @@ def main(argv=None):
       )
     )
     print(rows[-1], flush=True)
-  ref, ref_same_malloc = rows
+  ref, ref_same_malloc = rows[0], rows[-1]
   for depthwise in args.depthwise.split(","):
     if stage1:
       ours = ours_stage1_step(args.size, args.batch, args.repeats, depthwise)
     else:
       ours = ours_forward(args.size, args.repeats, depthwise)
+    by = {"child": ", compiled by a child process", "cache": ", read from the compilation cache"}
+    note = by.get(ours.get("compiled_by"), "")
     ours = {k: ours[k] for k in ("build_s", "lower_s", "compile_s", "first_call_s", "median_s", "min_s")}
-    malloc = "" if RETAINED_FREED_MEMORY else ", malloc as glibc sets it"
-    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}{malloc}", **ours))
+    malloc = "" if RETAINED_FREED_MEMORY or device != "cpu" else ", malloc as glibc sets it"
+    rows.append(dict(impl=f"mpc-jax, depthwise={depthwise}{malloc}{note}", **ours))
     print(rows[-1], flush=True)
   for row in rows:
     row["speed_vs_reference"] = ref["median_s"] / row["median_s"]
     row["speed_vs_reference_same_malloc"] = ref_same_malloc["median_s"] / row["median_s"]
     row["input"] = f"{args.batch if stage1 else 1}x{args.size}x{args.size}"
-  platform = jax.devices()[0].platform
   report(
     args.out or (f"reference_stage1_{platform}" if stage1 else f"reference_{platform}"),
     rows,

@@ -51,13 +51,14 @@ def _command() -> str:
   return " ".join(["python", *argv])
 
 
-def write_result(path: pathlib.Path, payload: dict, units: dict) -> pathlib.Path:
+def write_result(path: pathlib.Path, payload: dict, units: dict, quiet: bool = False) -> pathlib.Path:
   """Writes `payload` to `path` as JSON with `provenance` (date, commit, command line) and `units`
-  (field name -> unit of its values) first."""
+  (field name -> unit of its values) first; says so unless `quiet`."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"provenance": provenance(), "units": units, **payload}, indent=1) + "\n")
-  print(f"wrote {path}")
+  if not quiet:
+    print(f"wrote {path}")
   return path
 
 

@@ -10,6 +10,10 @@ value `off` turns the cache off.
 `stored_program` goes one step further for programs it can name without tracing them (the
 prediction forward, whole or in pieces): it keeps them, compiled, in `programs/` under that
 directory, so a later process runs them without tracing, lowering or compiling the model again.
+
+`compile_in_child` has XLA's compile of a training step done by a child process on the CPU, which
+writes it to the cache for this process to load (`mpc-jax train`, `config.compile_in_child`): a
+process whose heap XLA's compile fragmented runs the step more slowly (see its docstring).
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import pickle
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 
 import jax
+
+log = logging.getLogger(__name__)
 
 ENV = "MPC_JAX_COMPILATION_CACHE"
 OFF = ("off", "none", "0", "false")
@@ -43,13 +51,23 @@ def enable(directory: str | None = None, min_compile_secs: float = 0.05) -> str 
   chosen = directory or os.environ.get(ENV, "") or jax.config.jax_compilation_cache_dir or default_dir()
   if str(chosen).strip().lower() in OFF:
     jax.config.update("jax_enable_compilation_cache", False)
+    _reopen_jax_cache()
     return None
   chosen = os.path.abspath(os.path.expanduser(str(chosen)))
   os.makedirs(chosen, exist_ok=True)
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", chosen)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+  _reopen_jax_cache()
   return chosen
+
+
+def _reopen_jax_cache() -> None:
+  """Makes JAX open its cache again from the current settings: it opens it once, at the first
+  compile, and would otherwise go on reading and writing the directory it opened then."""
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+  jax_cache.reset_cache()
 
 
 _SOURCE: list[str] = []
@@ -203,3 +221,100 @@ def _compile_afresh(jitted, args) -> tuple:
     jax_cache.reset_cache()
     jax.monitoring.unregister_event_listener(listener)
   return compiled, not hits
+
+
+def compile_in_child(lowered) -> tuple:
+  """`(lowered.compile(), where)`: the same executable, with XLA's compile done, where that helps, by a
+  child process that writes it to JAX's persistent cache, from which this process then loads it.
+
+  It helps on the CPU while `host_memory.retain_freed_memory` holds the process to one malloc arena:
+  there XLA's compile contends for that arena, and it leaves the heap so fragmented that the program,
+  run by the process that compiled it, spends 25-40% more CPU time in its fused kernels. The child runs
+  with glibc's default malloc. Only single-process CPU runs with JAX's cache on and no host callbacks in
+  the program use it; others, and any program whose child fails (logged), are compiled here.
+  `where`: 'child', 'cache' (compiled already: in JAX's cache or in this process) or 'here'."""
+  from mpc_jax import host_memory
+
+  if not (host_memory.retained() and jax.process_count() == 1 and programs_dir() is not None):
+    return lowered.compile(), "here"
+  from jax._src import compiler
+
+  original = compiler.compile_or_get_cached
+  where = []
+
+  def compile_elsewhere(backend, computation, devices, options, host_callbacks, *rest, **kwargs):
+    where.append("here")
+    if backend.platform == "cpu" and not host_callbacks:
+      try:
+        key = compiler._get_cache_key(options, backend, computation, devices)
+        if key is not None and compiler._is_executable_in_cache(backend, key):
+          where[-1] = "cache"
+        elif key is not None:
+          _run_compile_child(computation, devices, options)
+          if not compiler._is_executable_in_cache(backend, key):
+            raise RuntimeError("its program is not in JAX's cache under this process's key")
+          where[-1] = "child"
+      except Exception as e:  # noqa: BLE001 - any failure: compiled here, as without the child
+        log.warning("compiling here: the compile in a child process failed: %s", e)
+    return original(backend, computation, devices, options, host_callbacks, *rest, **kwargs)
+
+  compiler.compile_or_get_cached = compile_elsewhere
+  try:
+    compiled = lowered.compile()
+  finally:
+    compiler.compile_or_get_cached = original
+  return compiled, where[0] if where else "cache"
+
+
+def _run_compile_child(computation, devices, options) -> None:
+  """Compiles `computation` in `python -m mpc_jax.compile_cache`, which writes it to JAX's cache."""
+  from jax._src.interpreters import mlir
+
+  payload = {
+    "module": mlir.module_to_bytecode(computation),
+    "device_ids": [d.id for d in devices.flat],
+    "options": options.SerializeAsString(),
+    "cache_dir": jax.config.jax_compilation_cache_dir,
+  }
+  env = dict(os.environ, MPC_JAX_RETAIN_FREED_MEMORY="0", JAX_PLATFORMS="cpu")
+  with tempfile.NamedTemporaryFile(suffix=".pkl") as f:
+    f.write(pickle.dumps(payload, protocol=5))
+    f.flush()
+    done = subprocess.run(
+      [sys.executable, "-m", "mpc_jax.compile_cache", f.name], env=env, capture_output=True, text=True
+    )
+  if done.returncode != 0:
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    raise RuntimeError(f"exit status {done.returncode}" + (f": {lines[-1]}" if lines else ""))
+
+
+def _compile_child_main(path: str) -> None:
+  """The child of `compile_in_child`: compiles the module in `path` into JAX's cache."""
+  import numpy as np
+  from jax._src import compiler
+  from jax._src.interpreters import mlir
+  from jax._src.lib import xla_client
+  from jax._src.lib.mlir import ir
+
+  with open(path, "rb") as f:
+    payload = pickle.load(f)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", payload["cache_dir"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  by_id = {d.id: d for d in jax.devices("cpu")}
+  devices = [by_id[i] for i in payload["device_ids"]]
+  options = xla_client.CompileOptions.ParseFromString(payload["options"])
+  with mlir.make_ir_context():
+    module = ir.Module.parse(payload["module"])
+    compiler.compile_or_get_cached(
+      devices[0].client,
+      module,
+      np.array(devices, dtype=object),
+      options,
+      [],
+      xla_client.DeviceList(tuple(devices)),
+    )
+
+
+if __name__ == "__main__":
+  _compile_child_main(sys.argv[1])

@@ -10,8 +10,9 @@ faults per step, which make it 1.3-2x slower on 2-core VMs (`bench/bench_host_me
 on their own and never to trim that heap. The process then keeps its peak memory, and later calls
 reuse those pages (`bench/bench_host_memory.py` measures both). The one arena costs elsewhere: threads
 contend for it, so XLA's compile of the stage-1 step took 115 s against 80 s, and that step, run by
-the process that compiled it, took 8.2 s against 5.8 s read from JAX's cache (the README's stage-1
-rows). It must run before JAX creates its CPU client, whose threads pick their arena when they first
+the process that compiled it, took 8.2 s against 5.8 s read from JAX's cache; so `mpc-jax train` has
+its steps compiled by a child process with glibc's defaults (`compile_cache.compile_in_child`). It
+must run before JAX creates its CPU client, whose threads pick their arena when they first
 allocate; `mpc-jax train`, `eval` and `predict` and the benchmarks call it first. In a notebook, call
 it before the first JAX computation.
 
@@ -53,6 +54,11 @@ def _cpu_backend_expected() -> bool:
   except ImportError:
     return True
   return not list(getattr(jax_plugins, "__path__", []))
+
+
+def retained() -> bool:
+  """Whether `retain_freed_memory` set glibc's malloc in this process."""
+  return bool(_applied and _applied[0])
 
 
 def retain_freed_memory() -> bool:

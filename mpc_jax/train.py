@@ -209,8 +209,13 @@ def train_stage(
       t0 = time.time()
       lowered = step_fn.lower(state, batch)
       t1 = time.time()
-      lowered.compile()
-      console(config, f"{stage} step compiled: lower {t1 - t0:.1f} s, compile {time.time() - t1:.1f} s")
+      if config.compile_in_child:
+        where = compile_cache.compile_in_child(lowered)[1]
+      else:
+        lowered.compile()
+        where = "here"
+      note = {"child": " (by a child process)", "cache": " (read from the compilation cache)"}.get(where, "")
+      console(config, f"{stage} step compiled: lower {t1 - t0:.1f} s, compile {time.time() - t1:.1f} s{note}")
       distributed.barrier(f"{stage} step compiled")
       progress.restart_clock()  # steps/s and the ETA count steps, not the compile
     with jax.profiler.StepTraceAnnotation("train", step_num=step):

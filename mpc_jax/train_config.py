@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     dict(enabled=False, coordinator_address="", num_processes=-1, process_id=-1, local_device_ids="")
   )
   c.compilation_cache_dir = ""  # "": $MPC_JAX_COMPILATION_CACHE or ~/.cache/mpc_jax/jax; "off"
+  c.compile_in_child = True  # CPU: each step compiled by a child process (compile_cache)
   c.export_models = True  # write model_best / model_latest for eval/predict
   c.final_eval = True  # evaluate the final model on data.val_sources
   c.result_file = "final_result.json"

@@ -1,5 +1,6 @@
 """Programs that trace fast, and the persistent compilation cache."""
 
+import contextlib
 import copy
 import cProfile
 import json
@@ -79,6 +80,28 @@ def test_compilation_cache_directory_choice(tmp_path, monkeypatch):
     jax.config.update("jax_compilation_cache_dir", saved[0])
     jax.config.update("jax_enable_compilation_cache", saved[1])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[2])
+    compile_cache._reopen_jax_cache()
+
+
+def test_enable_moves_a_cache_that_jax_has_opened(tmp_path):
+  """JAX opens its cache at the first compile; `enable` pointed elsewhere afterwards is obeyed."""
+  saved = (
+    jax.config.jax_compilation_cache_dir,
+    jax.config.jax_enable_compilation_cache,
+    jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
+  try:
+    compile_cache.enable(str(tmp_path / "a"), min_compile_secs=0.0)
+    jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(4.0))
+    assert list((tmp_path / "a").glob("jit_*-cache"))
+    compile_cache.enable(str(tmp_path / "b"), min_compile_secs=0.0)
+    jax.jit(lambda x: x * 5.0 - 2.0)(jnp.arange(4.0))
+    assert list((tmp_path / "b").glob("jit_*-cache")), "written to the directory opened first"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_enable_compilation_cache", saved[1])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[2])
+    compile_cache._reopen_jax_cache()
 
 
 def test_stored_program_is_traced_once_per_key_and_types(programs_cache, monkeypatch):
@@ -197,3 +220,88 @@ def test_stored_object_is_made_once_per_key(programs_cache):
   jax.config.update("jax_enable_compilation_cache", False)
   compile_cache.stored_object("k", make)
   assert len(made) == 4
+
+
+@contextlib.contextmanager
+def _jax_events():
+  """JAX's monitoring events (plain and timed), recorded while in use: `with _jax_events() as events`."""
+  events = []
+  plain = lambda event, **kw: events.append(event)
+  timed = lambda event, secs, **kw: events.append(event)
+  jax.monitoring.register_event_listener(plain)
+  jax.monitoring.register_event_duration_secs_listener(timed)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_listener(plain)
+    jax.monitoring.unregister_event_duration_listener(timed)
+
+
+def _program():
+  """A new jitted function (jax's in-memory caches cannot answer for it), its arguments and the
+  values it must return (computed by numpy)."""
+  w, x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), jnp.arange(6.0).reshape(2, 3)
+  want = np.tanh(np.asarray(x, np.float64) @ np.asarray(w, np.float64)).sum(axis=0) * 3.0
+  return jax.jit(lambda w, x: jnp.tanh(x @ w).sum(axis=0) * 3.0), (w, x), want
+
+
+def test_compile_in_child_compiles_in_a_child_process_and_loads_from_the_cache(programs_cache, monkeypatch):
+  """With freed memory retained (the one-arena heap), the program is compiled by a child process into
+  JAX's cache and read from there; the jitted function's own call then reuses that executable, and
+  a second request for the same program needs no child."""
+  from mpc_jax import host_memory
+
+  monkeypatch.setattr(host_memory, "retained", lambda: True)
+  jitted, args, want = _program()
+  with _jax_events() as events:
+    compiled, where = compile_cache.compile_in_child(jitted.lower(*args))
+  assert where == "child"
+  assert "/jax/compilation_cache/cache_hits" in events  # read from the cache the child wrote
+  assert list(programs_cache.parent.glob("jit_*-cache")), "the child wrote nothing to JAX's cache"
+  np.testing.assert_allclose(np.asarray(compiled(*args)), want, rtol=1e-5)
+  with _jax_events() as events:
+    np.testing.assert_allclose(np.asarray(jitted(*args)), want, rtol=1e-5)
+  assert not [e for e in events if "compil" in e], events  # the call reused the executable
+
+  children = []
+  monkeypatch.setattr(compile_cache, "_run_compile_child", lambda *a: children.append(a))
+  again, _, _ = _program()
+  assert compile_cache.compile_in_child(again.lower(*args))[1] == "cache" and not children
+
+
+def test_compile_in_child_compiles_here_when_it_cannot_help_or_fails(programs_cache, monkeypatch, caplog):
+  """No child without the one-arena heap, with JAX's cache off, or for a program with host callbacks;
+  a child that fails is logged and the program compiled here, with the same values."""
+  import sys
+
+  from mpc_jax import host_memory
+
+  children = []
+  real_child = compile_cache._run_compile_child
+  monkeypatch.setattr(compile_cache, "_run_compile_child", lambda *a: children.append(a) or real_child(*a))
+  jitted, args, want = _program()
+  compiled, where = compile_cache.compile_in_child(jitted.lower(*args))
+  assert where == "here" and not children
+  np.testing.assert_allclose(np.asarray(compiled(*args)), want, rtol=1e-5)
+
+  monkeypatch.setattr(host_memory, "retained", lambda: True)
+
+  def with_callback(x):
+    jax.debug.callback(lambda v: None, x.sum())
+    return x * 2.0
+
+  compiled, where = compile_cache.compile_in_child(jax.jit(with_callback).lower(args[1]))
+  assert where == "here" and not children
+  np.testing.assert_allclose(np.asarray(compiled(args[1])), np.asarray(args[1]) * 2.0)
+
+  monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits with status 1
+  jitted, args, want = _program()
+  with caplog.at_level("WARNING", logger="mpc_jax.compile_cache"):
+    compiled, where = compile_cache.compile_in_child(jitted.lower(*args))
+  assert where == "here" and len(children) == 1
+  assert "child process failed: exit status 1" in caplog.text
+  np.testing.assert_allclose(np.asarray(compiled(*args)), want, rtol=1e-5)
+
+  jax.config.update("jax_enable_compilation_cache", False)
+  jitted, args, want = _program()
+  assert compile_cache.compile_in_child(jitted.lower(*args))[1] == "here" and len(children) == 1
