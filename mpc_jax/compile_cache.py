@@ -11,9 +11,10 @@ value `off` turns the cache off.
 prediction forward, whole or in pieces): it keeps them, compiled, in `programs/` under that
 directory, so a later process runs them without tracing, lowering or compiling the model again.
 
-`compile_in_child` has XLA's compile of a training step done by a child process on the CPU, which
-writes it to the cache for this process to load (`mpc-jax train`, `config.compile_in_child`): a
-process whose heap XLA's compile fragmented runs the step more slowly (see its docstring).
+`compile_in_child` has XLA's compile of a program done by a child process on the CPU, which writes it
+to the cache for this process to load (`mpc-jax train` compiles its steps and validation this way,
+`config.compile_in_child`): a process whose heap XLA's compile fragmented runs its programs more
+slowly (see its docstring).
 """
 
 from __future__ import annotations
@@ -264,6 +265,22 @@ def compile_in_child(lowered) -> tuple:
   finally:
     compiler.compile_or_get_cached = original
   return compiled, where[0] if where else "cache"
+
+
+def compiled_by_child(jitted) -> Callable:
+  """`jitted` (a `jax.jit` function), with its program for each new set of argument types compiled by
+  `compile_in_child` before its first call; `jitted` then reuses that executable."""
+  seen = set()
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    types = (treedef, tuple(jax.typeof(x) for x in leaves))
+    if types not in seen:
+      seen.add(types)
+      compile_in_child(jitted.lower(*args))
+    return jitted(*args)
+
+  return call
 
 
 def _run_compile_child(computation, devices, options) -> None:

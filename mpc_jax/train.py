@@ -298,6 +298,13 @@ class _Progress:
     self.t_step = step
 
 
+def _predict_fn(parts, config, stage: str, mesh):
+  """`steps.make_predict_fn`, compiled by a child process where `config.compile_in_child` (on the CPU, a
+  program compiled by the training process slows its steps down, as the steps' own compile would)."""
+  fn = steps.make_predict_fn(parts, config, stage, mesh)
+  return compile_cache.compiled_by_child(fn) if config.compile_in_child else fn
+
+
 class _Validation:
   """Scores the model on `config.data.val_sources`, steps the schedule, tracks and exports the best."""
 
@@ -305,7 +312,7 @@ class _Validation:
     self.config, self.stage, self.parts, self.mesh, self.writer = config, stage, parts, mesh, writer
     self.export_dir = export_to
     self.sources = validate.build_val_sources(config.data)
-    self.predict_fn = steps.make_predict_fn(parts, config, stage, mesh)
+    self.predict_fn = _predict_fn(parts, config, stage, mesh)
     self.last: dict = {}
 
   def run(self, state, step: int, meta: dict, sched) -> float:
@@ -382,7 +389,7 @@ def final_evaluation(config, workdir, model, mesh, stage, writer) -> dict:
   scfg = config[stage]
   state, parts = ts.create_state(model, scfg, mesh)
   model.eval()
-  predict_fn = steps.make_predict_fn(parts, config, stage, mesh)
+  predict_fn = _predict_fn(parts, config, stage, mesh)
   sources = validate.build_val_sources(config.data)
   scalars, samples = validate.evaluate(
     predict_fn,

@@ -305,3 +305,26 @@ def test_compile_in_child_compiles_here_when_it_cannot_help_or_fails(programs_ca
   jax.config.update("jax_enable_compilation_cache", False)
   jitted, args, want = _program()
   assert compile_cache.compile_in_child(jitted.lower(*args))[1] == "here" and len(children) == 1
+
+
+def test_compiled_by_child_compiles_once_per_argument_types(programs_cache, monkeypatch):
+  """`compiled_by_child` hands each new set of argument types to `compile_in_child` once, before the
+  first call, and returns the jitted function's values."""
+  from mpc_jax import host_memory
+
+  monkeypatch.setattr(host_memory, "retained", lambda: True)
+  lowered = []
+  real = compile_cache.compile_in_child
+  monkeypatch.setattr(compile_cache, "compile_in_child", lambda lw: lowered.append(lw) or real(lw))
+  jitted, (w, x), want = _program()
+  fn = compile_cache.compiled_by_child(jitted)
+  for _ in range(2):
+    np.testing.assert_allclose(np.asarray(fn(w, x)), want, rtol=1e-5)
+  assert len(lowered) == 1
+  x3 = jnp.concatenate([x, x[:1]])
+  want3 = np.tanh(np.asarray(x3, np.float64) @ np.asarray(w, np.float64)).sum(axis=0) * 3.0
+  np.testing.assert_allclose(np.asarray(fn(w, x3)), want3, rtol=1e-5)
+  assert len(lowered) == 2
+  with _jax_events() as events:
+    fn(w, x3)
+  assert not [e for e in events if "compil" in e] and len(lowered) == 2

@@ -109,7 +109,7 @@ def test_save_and_load_model_gives_an_identical_model(tmp_path):
   """The restored model has the same structure and static attributes (head, mode, depth-wise form,
   dtype: the graph definition) and bit-identical arrays, so it computes the same outputs."""
   model = build_mpc(MICRO, head="casiav2", seed=5)
-  for bn in (m for _, m in model.iter_modules() if isinstance(m, layers.BatchNorm)):
+  for bn in (m for _, m in nnx.iter_modules(model) if isinstance(m, layers.BatchNorm)):
     bn.mean.set_value(bn.mean[...] + 0.5)  # statistics that differ from a fresh build's
     bn.num_batches_tracked.set_value(bn.num_batches_tracked[...] + 3)
   model.eval()

@@ -231,3 +231,18 @@ def test_cosine_annealing_matches_torch_closed_form():
   lrs = [s.step() for _ in range(40)]
   assert abs(lrs[9] - (1e-8 + (1e-6 - 1e-8) / 2)) < 1e-15  # t = 10 = t_max / 2
   assert abs(lrs[19] - 1e-8) < 1e-15 and abs(lrs[39] - 1e-6) < 1e-15
+
+
+def test_validation_programs_are_compiled_by_a_child_when_configured(monkeypatch):
+  """Validation's and the final evaluation's predict functions go through `compiled_by_child` with
+  `config.compile_in_child` (the default), and are the plain jitted function without it."""
+  from mpc_jax import compile_cache
+
+  jitted = object()
+  monkeypatch.setattr(steps, "make_predict_fn", lambda *a: jitted)
+  monkeypatch.setattr(compile_cache, "compiled_by_child", lambda fn: ("by a child", fn))
+  config = tiny_config()
+  assert config.compile_in_child
+  assert train._predict_fn(None, config, "stage2", None) == ("by a child", jitted)
+  config.compile_in_child = False
+  assert train._predict_fn(None, config, "stage2", None) is jitted

@@ -541,6 +541,22 @@ MUTANTS = (
     ("tests/test_compile.py::test_compile_in_child_compiles_here_when_it_cannot_help_or_fails",),
   ),
   M(
+    "child-compile-not-for-validation",
+    "validation's predict function is compiled by the training process itself",
+    "mpc_jax/train.py",
+    "return compile_cache.compiled_by_child(fn) if config.compile_in_child else fn",
+    "return fn",
+    ("tests/test_train.py::test_validation_programs_are_compiled_by_a_child_when_configured",),
+  ),
+  M(
+    "child-compile-every-call",
+    "compiled_by_child compiles again at every call",
+    "mpc_jax/compile_cache.py",
+    "    if types not in seen:\n",
+    "    if True:\n",
+    ("tests/test_compile.py::test_compiled_by_child_compiles_once_per_argument_types",),
+  ),
+  M(
     "child-compile-off-by-default",
     "training compiles its step in its own process by default",
     "mpc_jax/train_config.py",
