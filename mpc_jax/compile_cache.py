@@ -243,10 +243,13 @@ def compile_in_child(lowered) -> tuple:
   original = compiler.compile_or_get_cached
   where = []
 
-  def compile_elsewhere(backend, computation, devices, options, host_callbacks, *rest, **kwargs):
+  def compile_elsewhere(
+    *args, **kwargs
+  ):  # jax's (backend, computation, devices, options, host_callbacks, ...)
     where.append("here")
-    if backend.platform == "cpu" and not host_callbacks:
-      try:
+    try:
+      backend, computation, devices, options, host_callbacks = args[:5]
+      if backend.platform == "cpu" and not host_callbacks:
         key = compiler._get_cache_key(options, backend, computation, devices)
         if key is not None and compiler._is_executable_in_cache(backend, key):
           where[-1] = "cache"
@@ -255,9 +258,9 @@ def compile_in_child(lowered) -> tuple:
           if not compiler._is_executable_in_cache(backend, key):
             raise RuntimeError("its program is not in JAX's cache under this process's key")
           where[-1] = "child"
-      except Exception as e:  # noqa: BLE001 - any failure: compiled here, as without the child
-        log.warning("compiling here: the compile in a child process failed: %s", e)
-    return original(backend, computation, devices, options, host_callbacks, *rest, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure (another jax's internals too): compiled here
+      log.warning("compiling here: the compile in a child process failed: %s", e)
+    return original(*args, **kwargs)
 
   compiler.compile_or_get_cached = compile_elsewhere
   try:
