@@ -294,14 +294,18 @@ def _run_compile_child(computation, devices, options) -> None:
     "module": mlir.module_to_bytecode(computation),
     "device_ids": [d.id for d in devices.flat],
     "options": options.SerializeAsString(),
-    "cache_dir": jax.config.jax_compilation_cache_dir,
+    "cache_dir": os.path.abspath(jax.config.jax_compilation_cache_dir),
   }
   env = dict(os.environ, MPC_JAX_RETAIN_FREED_MEMORY="0", JAX_PLATFORMS="cpu")
   with tempfile.NamedTemporaryFile(suffix=".pkl") as f:
     f.write(pickle.dumps(payload, protocol=5))
     f.flush()
-    done = subprocess.run(
-      [sys.executable, "-m", "mpc_jax.compile_cache", f.name], env=env, capture_output=True, text=True
+    done = subprocess.run(  # run from above this package, so `-m` finds this mpc_jax, not the cwd's
+      [sys.executable, "-m", "mpc_jax.compile_cache", f.name],
+      cwd=pathlib.Path(__file__).resolve().parents[1],
+      env=env,
+      capture_output=True,
+      text=True,
     )
   if done.returncode != 0:
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]

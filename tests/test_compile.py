@@ -252,6 +252,11 @@ def test_compile_in_child_compiles_in_a_child_process_and_loads_from_the_cache(p
   from mpc_jax import host_memory
 
   monkeypatch.setattr(host_memory, "retained", lambda: True)
+  decoy = programs_cache.parent / "decoy" / "mpc_jax"  # another mpc_jax in the working folder
+  decoy.mkdir(parents=True)
+  (decoy / "__init__.py").write_text("")
+  (decoy / "compile_cache.py").write_text("raise SystemExit(3)")
+  monkeypatch.chdir(decoy.parent)
   jitted, args, want = _program()
   with _jax_events() as events:
     compiled, where = compile_cache.compile_in_child(jitted.lower(*args))

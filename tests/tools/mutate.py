@@ -533,6 +533,14 @@ MUTANTS = (
     ("tests/test_compile.py::test_compile_in_child_compiles_in_a_child_process_and_loads_from_the_cache",),
   ),
   M(
+    "child-compile-from-cwd",
+    "the compile child imports whatever mpc_jax the working folder holds",
+    "mpc_jax/compile_cache.py",
+    "      cwd=pathlib.Path(__file__).resolve().parents[1],\n",
+    "",
+    ("tests/test_compile.py::test_compile_in_child_compiles_in_a_child_process_and_loads_from_the_cache",),
+  ),
+  M(
     "child-compile-failure-raised",
     "a child that fails stops the compile instead of compiling here",
     "mpc_jax/compile_cache.py",
