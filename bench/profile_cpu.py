@@ -30,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import compile_forward, report, step_runner  # noqa: E402
 
-from mpc_jax import distributed, steps, train, train_state  # noqa: E402
+from mpc_jax import compile_cache, distributed, steps, train, train_state  # noqa: E402
 from mpc_jax.models import hrformer, layers, mpc  # noqa: E402
 from mpc_jax.train_config import base_config  # noqa: E402
 
@@ -217,7 +217,7 @@ def _stage1(args, size, mesh):
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = compile_cache.compile_in_child(lowered)[0]  # as `mpc-jax train` compiles its steps
   t2 = time.perf_counter()
   return compiled, step_runner(compiled, state, batch), (), t1 - t0, t2 - t1
 
@@ -235,6 +235,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   install_scopes()
   rows = []
+  compile_cache.enable(tempfile.mkdtemp(prefix="mpc_jax_profile_cache_"))  # cold compiles, as before
   mesh = distributed.make_mesh(1)
   with jax.set_mesh(mesh):
     for what in args.what.split(","):
