@@ -75,7 +75,9 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup, stage1_st
   step, fresh_state = stage1_step
   with jax.set_mesh(mesh):
     state_a = fresh_state()
-    rest0 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
+    rest0 = _params(
+      jax.tree.map(np.asarray, nnx.filter_state(train_state.host_copy(state_a.rest), nnx.BatchStat))
+    )
     state_a, losses_a = _run(step, state_a, _batches(config, mesh, 3))
     # Same seed, same data: same losses (the step function is shared, so no second compile).
     before = _compiles()
@@ -83,7 +85,9 @@ def test_stage1_compiles_once_is_deterministic_and_learns_state(setup, stage1_st
     assert _compiles() == before
   assert np.all(np.isfinite(losses_a)) and losses_a == losses_b
   assert int(state_a.step) == 3
-  rest1 = _params(jax.tree.map(np.asarray, train_state.host_copy(state_a.rest).filter(nnx.BatchStat)))
+  rest1 = _params(
+    jax.tree.map(np.asarray, nnx.filter_state(train_state.host_copy(state_a.rest), nnx.BatchStat))
+  )
   assert any(not np.array_equal(rest0[k], rest1[k]) for k in rest0), "BatchNorm running stats not updated"
 
 
@@ -147,7 +151,7 @@ def test_stage1_two_views_in_one_pass_equal_two_consecutive_passes(setup):
   for got, want in zip(maps, maps_want):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
   got_stats, want_stats = (
-    _params(jax.tree.map(np.asarray, r.filter(nnx.BatchStat))) for r in (rest, rest_want)
+    _params(jax.tree.map(np.asarray, nnx.filter_state(r, nnx.BatchStat))) for r in (rest, rest_want)
   )
   assert got_stats.keys() == want_stats.keys() and got_stats
   for k in got_stats:
@@ -199,13 +203,13 @@ def test_stage2_leaves_backbone_weights_untouched(setup, backbone_mode):
     state, parts = train_state.create_state(build_small_model(config), config.stage2, mesh)
     before = _params(train_state.host_copy(state.frozen))
     head_before = _params(parts.unflatten(train_state.host_copy(state.params)))
-    stats_before = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
+    stats_before = _params(nnx.filter_state(train_state.host_copy(state.rest), nnx.BatchStat))
     assert all(k.startswith("head/") for k in head_before) and not any(k.startswith("head/") for k in before)
     step = steps.make_step("stage2", parts, config, mesh)
     state, losses = _run(step, state, _batches(config, mesh, 2))
   after = _params(train_state.host_copy(state.frozen))
   head_after = _params(parts.unflatten(train_state.host_copy(state.params)))
-  stats_after = _params(train_state.host_copy(state.rest).filter(nnx.BatchStat))
+  stats_after = _params(nnx.filter_state(train_state.host_copy(state.rest), nnx.BatchStat))
   assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
   assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)
   backbone_stats_same = all(
