@@ -207,19 +207,17 @@ def _compile_afresh(jitted, args) -> tuple:
   """`(jitted compiled for args, whether XLA compiled it here)`. JAX's persistent cache is off for the
   compile: XLA:CPU writes an executable it read from that cache without its kernels (it then fails
   with "Function ... not found"), so only a freshly compiled one may be stored."""
-  from jax.experimental.compilation_cache import compilation_cache as jax_cache
-
   hits = []
   listener = lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None
   enabled = jax.config.jax_enable_compilation_cache
   jax.monitoring.register_event_listener(listener)
   try:
     jax.config.update("jax_enable_compilation_cache", False)
-    jax_cache.reset_cache()  # else JAX keeps using the cache it already opened (under another key)
+    _reopen_jax_cache()  # else JAX keeps using the cache it already opened (under another key)
     compiled = jitted.lower(*args).compile()
   finally:
     jax.config.update("jax_enable_compilation_cache", enabled)
-    jax_cache.reset_cache()
+    _reopen_jax_cache()
     jax.monitoring.unregister_event_listener(listener)
   return compiled, not hits
 

@@ -42,16 +42,16 @@ def fixtures_dir():
 @pytest.fixture
 def programs_cache(tmp_path):
   """JAX's cache directory (and so `compile_cache.programs_dir`) pointed at `tmp_path` for one test."""
-  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+  from mpc_jax import compile_cache
 
   saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
   jax.config.update("jax_compilation_cache_dir", str(tmp_path))
   jax.config.update("jax_enable_compilation_cache", True)
-  jax_cache.reset_cache()  # JAX opens its cache once and keeps the directory it opened
+  compile_cache._reopen_jax_cache()  # JAX opens its cache once and keeps the directory it opened
   yield tmp_path / "programs"
   jax.config.update("jax_compilation_cache_dir", saved[0])
   jax.config.update("jax_enable_compilation_cache", saved[1])
-  jax_cache.reset_cache()
+  compile_cache._reopen_jax_cache()
 
 
 def pytest_configure(config):
